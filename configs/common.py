@@ -1,0 +1,80 @@
+"""Defaults shared by every experiment, and the ``:quick`` shrink.
+
+Every field has a concrete type so that ``--config.a.b=value`` overrides are
+type-checked; optional strings are ``placeholder(str)``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.algorithm = "protonet"
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "omniglot"
+  config.data.split = "vinyals"
+  config.data.image_size = 28
+  config.data.train_rotations = (0, 90, 180, 270)
+  config.data.eval_rotations = (0, 90, 180, 270)
+  # Folder with the raw files; else $FSL_JAX_MANUAL_DIR; else download.
+  config.data.manual_dir = config_dict.placeholder(str)
+  # Where tfds writes prepared datasets; None = tfds's default (~/tensorflow_datasets).
+  config.data.data_dir = config_dict.placeholder(str)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "conv4"
+  config.model.filters = 64
+  config.model.conv_impl = "auto"  # "auto", "xla" or "im2col".
+  config.model.pixel_mean = (0.0,)
+  config.model.pixel_std = (1.0,)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.n_way = 60
+  config.train.k_shot = 1
+  config.train.n_query = 5
+  config.train.meta_batch_size = 1
+  config.train.num_steps = 20_000
+  config.train.log_every = 100
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 1000
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.n_way = 5
+  config.eval.k_shot = 1
+  config.eval.n_query = 15
+  config.eval.val_episodes = 500
+  config.eval.test_episodes = 1000
+  config.eval.batch_size = 50
+  config.eval.seed = 1234
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-3
+  config.optim.decay_every_episodes = 2000
+  config.optim.decay_rate = 0.5
+  return config
+
+
+def parse_arg(arg: str | None) -> set[str]:
+  """'quick' -> {'quick'}; None -> set(). Unknown words are an error."""
+  words = set(filter(None, (arg or "").split(",")))
+  unknown = words - {"quick"}
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {sorted(unknown)}; the only one is 'quick'.")
+  return words
+
+
+def make_quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a run to seconds: a few steps, few episodes; same model and shapes."""
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.train.eval_every = 3
+  config.train.checkpoint_every = 3
+  config.eval.val_episodes = 10
+  config.eval.test_episodes = 20
+  config.eval.batch_size = 10
+  return config

@@ -1,0 +1,1 @@
+"""Datasets (tfds builders), few-shot splits, and the stateless episode sampler."""

@@ -1,0 +1,194 @@
+"""Loads a prepared dataset into class-indexed uint8 arrays in host memory.
+
+The result of loading is one ``ClassImages`` per part (train/val/test):
+``images[c, m]`` is drawing ``m`` of class ``c``, shape ``[C, M, H, W, channels]``,
+uint8. Omniglot at 28x28 is about 25 MB, so everything stays in memory and
+episodes are gathered with one fancy-indexing operation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from fsl_jax.data import omniglot, omniglot_splits
+from fsl_jax.errors import DataError
+
+MANUAL_DIR_ENV = "FSL_JAX_MANUAL_DIR"
+_READ_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassImages:
+  """All images of some classes: ``images`` is ``[C, M, H, W, channels]`` uint8."""
+
+  images: np.ndarray
+  class_names: tuple[str, ...]
+
+  def __post_init__(self):
+    if self.images.ndim != 5 or self.images.dtype != np.uint8:
+      raise ValueError(f"images must be uint8 [C, M, H, W, ch], got {self.images.shape}")
+    if len(self.class_names) != self.images.shape[0]:
+      raise ValueError("one class name per class is required")
+
+  @property
+  def num_classes(self) -> int:
+    return self.images.shape[0]
+
+  @property
+  def images_per_class(self) -> int:
+    return self.images.shape[1]
+
+
+def resolve_manual_dir(manual_dir: str | None) -> str | None:
+  """config.data.manual_dir, else $FSL_JAX_MANUAL_DIR, else None (download)."""
+  manual_dir = manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
+  if manual_dir is not None and not os.path.isdir(manual_dir):
+    raise DataError(
+        f"manual_dir {manual_dir!r} is not a folder. Point --config.data.manual_dir "
+        f"(or ${MANUAL_DIR_ENV}) at the folder that holds the dataset files."
+    )
+  return manual_dir
+
+
+def prepare_omniglot(
+    builder_config: str | omniglot.OmniglotConfig,
+    data_dir: str | None,
+    manual_dir: str | None,
+) -> omniglot.OmniglotFewShot:
+  """Builds (once) and returns the Omniglot tfds builder for one config.
+
+  A prepared dataset is reused only for the inputs it was built from: its
+  recorded sha256s must equal the config's, and any zip now in ``manual_dir``
+  must hash to the recorded value.
+  """
+  builder = omniglot.OmniglotFewShot(
+      config=builder_config, data_dir=data_dir, file_format="array_record"
+  )
+  zips = builder.builder_config.zips
+  if builder.is_prepared():
+    recorded = dict(builder.info.metadata.get("zip_sha256", {}))
+    expected = {z.filename: z.sha256 for z in zips}
+    if recorded != expected:
+      raise DataError(
+          f"the prepared dataset in {builder.data_dir} was built from {recorded}, not from "
+          f"{expected}. Delete that folder or choose another --config.data.data_dir."
+      )
+    if manual_dir is not None:
+      for z in zips:
+        path = os.path.join(manual_dir, z.filename)
+        if os.path.exists(path):
+          omniglot.verify_zip(path, z)
+    return builder
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+  )
+  return builder
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """[H, W, 1] uint8 -> [size, size, 1] uint8, with an anti-aliasing Lanczos filter."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  pil = Image.fromarray(image[..., 0], mode="L")
+  return np.asarray(pil.resize((size, size), Image.Resampling.LANCZOS))[..., None]
+
+
+def read_classes(
+    builder: omniglot.OmniglotFewShot, image_size: int
+) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
+  """Reads every record once: (alphabet, character) -> (zip split, [M, S, S, 1]).
+
+  A character present in several zips (Greek and Latin are in both small zips,
+  with identical drawings) is taken from the first zip of the config. Drawings
+  are ordered by drawer.
+  """
+  classes: dict[tuple[str, int], tuple[str, list]] = {}
+  for z in builder.builder_config.zips:
+    source = builder.as_data_source(split=z.split)
+    found: dict[tuple[str, int], list] = defaultdict(list)
+    for start in range(0, len(source), _READ_CHUNK):
+      indices = list(range(start, min(start + _READ_CHUNK, len(source))))
+      for record in source.__getitems__(indices):
+        key = (record["alphabet"].decode(), int(record["character"]))
+        found[key].append((int(record["drawer"]), resize(record["image"], image_size)))
+    for key, drawings in found.items():
+      if key not in classes:
+        classes[key] = (z.split, drawings)
+  out = {}
+  for key, (split, drawings) in classes.items():
+    drawings.sort(key=lambda d: d[0])
+    out[key] = (split, np.stack([image for _, image in drawings]))
+  return out
+
+
+def rotate_classes(
+    images: np.ndarray, names: list[str], rotations: tuple[int, ...]
+) -> tuple[np.ndarray, list[str]]:
+  """Each rotation (degrees, multiple of 90) makes a new class: [C, ...] -> [C*R, ...].
+
+  Classes are ordered class-major: class c under rotation r is row c*R + r.
+  """
+  for angle in rotations:
+    if angle % 90:
+      raise DataError(f"rotations must be multiples of 90 degrees, got {angle}.")
+  # [C, M, H, W, ch] -> [C, R, M, H, W, ch]; np.rot90 turns counter-clockwise.
+  rotated = np.stack([np.rot90(images, k=angle // 90, axes=(2, 3)) for angle in rotations], 1)
+  rotated = rotated.reshape((-1,) + images.shape[1:])
+  rotated_names = [f"{name}/rot{angle:03d}" for name in names for angle in rotations]
+  return np.ascontiguousarray(rotated), rotated_names
+
+
+def load_omniglot(
+    split: str,
+    image_size: int = 28,
+    train_rotations: tuple[int, ...] = (0, 90, 180, 270),
+    eval_rotations: tuple[int, ...] = (0, 90, 180, 270),
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    builder_config: omniglot.OmniglotConfig | None = None,
+) -> dict[str, ClassImages]:
+  """Loads one few-shot split of Omniglot: part name -> ClassImages.
+
+  Args:
+    split: "vinyals", "lake", "small" or "small_all" (see omniglot_splits).
+    image_size: side of the square images, resized from 105.
+    train_rotations: rotations that multiply the training classes.
+    eval_rotations: rotations that multiply the val and test classes.
+    data_dir: where tfds writes prepared datasets; None for tfds's default.
+    manual_dir: folder holding the official zips; None to download them.
+    builder_config: overrides the split's builder config (tests use this).
+
+  Returns:
+    {"train": ClassImages, "val": ..., "test": ...}, the parts the split has.
+  """
+  rule = omniglot_splits.get_split(split)
+  manual_dir = resolve_manual_dir(manual_dir)
+  builder = prepare_omniglot(builder_config or rule.builder_config, data_dir, manual_dir)
+  classes = read_classes(builder, image_size)
+  by_part: dict[str, list] = defaultdict(list)
+  for (alphabet, character), (zip_split, images) in sorted(classes.items()):
+    part = rule.part_of(alphabet, character, zip_split)
+    if part is not None:
+      by_part[part].append((f"{alphabet}/character{character:02d}", images))
+  out = {}
+  for part in rule.parts:
+    if not by_part[part]:
+      raise DataError(f"split {split!r} has no {part} classes in {builder.data_dir}.")
+    names = [name for name, _ in by_part[part]]
+    counts = {images.shape[0] for _, images in by_part[part]}
+    if len(counts) != 1:
+      raise DataError(
+          f"{part} classes of {split!r} have different numbers of drawings {sorted(counts)}; "
+          f"the dataset in {builder.data_dir} is incomplete. Delete it and build again."
+      )
+    images = np.stack([images for _, images in by_part[part]])
+    rotations = train_rotations if part == "train" else eval_rotations
+    images, names = rotate_classes(images, names, tuple(rotations))
+    out[part] = ClassImages(images, tuple(names))
+  return out

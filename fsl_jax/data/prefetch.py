@@ -1,0 +1,50 @@
+"""Runs a producer on a background thread so host work overlaps device compute."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(produce: Callable[[int], T], indices: range, depth: int = 2) -> Iterator[T]:
+  """Yields ``produce(i)`` for i in ``indices``, computed up to ``depth`` items ahead.
+
+  ``produce`` runs on one daemon thread; an exception there is re-raised in the
+  consumer at the item that failed. Closing the iterator stops the thread.
+  """
+  items: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def worker():
+    try:
+      for i in indices:
+        item = produce(i)
+        while not stop.is_set():
+          try:
+            items.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      items.put(_DONE)
+    except BaseException as e:  # Handed to the consumer, which re-raises it.
+      items.put(e)
+
+  thread = threading.Thread(target=worker, daemon=True, name="episode-prefetch")
+  thread.start()
+  try:
+    while True:
+      item = items.get()
+      if item is _DONE:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -1,0 +1,38 @@
+"""Command line: ``python -m fsl_jax.main --config=configs/X.py[:quick] --workdir=DIR``.
+
+Any config value can be overridden, e.g. ``--config.data.split=small``. The config
+is locked, so a misspelt key is an error rather than a silent no-op.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fsl_jax import train
+from fsl_jax.errors import FslError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, optionally with ':arg' (e.g. ':quick').",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train"], "train: train, validate and test.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except FslError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

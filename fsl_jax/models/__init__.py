@@ -1,0 +1,24 @@
+"""Flax (Linen) models whose params and batch statistics are plain pytrees."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from fsl_jax.errors import ConfigError
+from fsl_jax.models.conv4 import CONV_IMPLS, Conv4, default_conv_impl
+
+
+def make_model(model: ml_collections.ConfigDict, num_outputs: int | None = None) -> Conv4:
+  """The backbone that config.model describes; conv_impl "auto" picks per backend."""
+  if model.name != "conv4":
+    raise ConfigError(f"config.model.name must be 'conv4', got {model.name!r}.")
+  impl = default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
+  if impl not in CONV_IMPLS:
+    raise ConfigError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}.")
+  return Conv4(
+      filters=model.filters,
+      conv_impl=impl,
+      pixel_mean=tuple(model.pixel_mean),
+      pixel_std=tuple(model.pixel_std),
+      num_outputs=num_outputs,
+  )

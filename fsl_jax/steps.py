@@ -1,0 +1,72 @@
+"""The jitted train and eval steps, shared by every algorithm.
+
+An algorithm supplies a pure per-episode loss
+
+    loss_fn(params, batch_stats, episode, rng, *, n_way, train)
+        -> (loss, (metrics, new_batch_stats))
+
+and these functions ``vmap`` it over a meta-batch of T episodes. The meta-loss is
+the mean over episodes, L(theta) = (1/T) sum_t L_t(theta), so its gradient is the
+mean of the per-episode gradients. Each step compiles once per episode shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fsl_jax.data.episodes import Episode
+from fsl_jax.state import TrainState
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: int):
+  """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
+
+  Metrics are means over the meta-batch. Batch statistics become the mean of the
+  per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
+  """
+
+  def meta_loss(params, batch_stats, episodes: Episode, rngs):
+    per_episode = jax.vmap(
+        lambda episode, rng: loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True)
+    )
+    losses, (metrics, new_stats) = per_episode(episodes, rngs)
+    mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)  # noqa: E731
+    return jnp.mean(losses), (mean(metrics), mean(new_stats))
+
+  def train_step(state: TrainState, episodes: Episode):
+    meta_batch_size = episodes.query_labels.shape[0]
+    rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch_size)
+    grads, (metrics, batch_stats) = jax.grad(meta_loss, has_aux=True)(
+        state.params, state.batch_stats, episodes, rngs
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(loss_fn: Callable, n_way: int):
+  """Returns jit((state, episodes [E, ...]) -> metrics with arrays [E]), one per episode."""
+
+  def eval_step(state: TrainState, episodes: Episode):
+    count = episodes.query_labels.shape[0]
+    rngs = jax.random.split(state.rng, count)  # Train steps use fold_in(rng, step).
+
+    def one(episode, rng):
+      _, (metrics, _) = loss_fn(
+          state.params, state.batch_stats, episode, rng, n_way=n_way, train=False
+      )
+      return metrics
+
+    return jax.vmap(one)(episodes, rngs)
+
+  return jax.jit(eval_step)
