@@ -29,25 +29,25 @@ class Checkpoints:
   def __init__(self, workdir: str, keep_latest: int = 2):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            best_fn=_best_metric,
-            best_mode="max",
-            preservation_policy=policies.AnyPreservationPolicy(
-                [
-                    policies.LatestN(keep_latest),
-                    policies.BestN(
-                        get_metric_fn=_best_metric,
-                        reverse=False,
-                        n=1,
-                        keep_checkpoints_without_metrics=False,
-                    ),
-                ]
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        best_fn=_best_metric,
+        best_mode="max",
+        preservation_policy=policies.AnyPreservationPolicy(
+          [
+            policies.LatestN(keep_latest),
+            policies.BestN(
+              get_metric_fn=_best_metric,
+              reverse=False,
+              n=1,
+              keep_checkpoints_without_metrics=False,
             ),
-            # A save returns once written: the train step donates the state's
-            # buffers, so nothing may still be reading them afterwards.
-            enable_async_checkpointing=False,
+          ]
         ),
+        # A save returns once written: the train step donates the state's
+        # buffers, so nothing may still be reading them afterwards.
+        enable_async_checkpointing=False,
+      ),
     )
 
   def latest_step(self) -> int | None:

@@ -18,12 +18,12 @@ from fsl_jax.state import TrainState
 
 
 def evaluate(
-    eval_step: Callable,
-    state: TrainState,
-    sampler: EpisodeSampler,
-    num_episodes: int,
-    batch_size: int,
-    mesh: Mesh,
+  eval_step: Callable,
+  state: TrainState,
+  sampler: EpisodeSampler,
+  num_episodes: int,
+  batch_size: int,
+  mesh: Mesh,
 ) -> dict:
   """Runs episodes 0..num_episodes-1 of ``sampler`` through ``eval_step``.
 
@@ -51,11 +51,11 @@ def evaluate(
     losses.append(np.asarray(metrics["loss"]))
   accuracy, ci95 = mean_and_ci95(np.concatenate(accuracies)[:num_episodes])
   return {
-      "accuracy": accuracy,
-      "ci95": ci95,
-      "loss": float(np.concatenate(losses)[:num_episodes].mean()),
-      "episodes": num_episodes,
-      "n_way": sampler.shape.n_way,
-      "k_shot": sampler.shape.k_shot,
-      "n_query": sampler.shape.n_query,
+    "accuracy": accuracy,
+    "ci95": ci95,
+    "loss": float(np.concatenate(losses)[:num_episodes].mean()),
+    "episodes": num_episodes,
+    "n_way": sampler.shape.n_way,
+    "k_shot": sampler.shape.k_shot,
+    "n_query": sampler.shape.n_query,
   }

@@ -17,7 +17,7 @@ def mean_and_ci95(values) -> tuple[float, float]:
 
 
 def format_duration(seconds: float) -> str:
-  seconds = int(round(seconds))
+  seconds = round(seconds)
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)
   return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
@@ -45,9 +45,9 @@ class Progress:
     eta = (self.total_steps - step) / self.steps_per_second
     values = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
     return (
-        f"step {step}/{self.total_steps} {values} "
-        f"{self.steps_per_second * self.episodes_per_step:.2f} episodes/s "
-        f"ETA {format_duration(eta) if math.isfinite(eta) else '?'}"
+      f"step {step}/{self.total_steps} {values} "
+      f"{self.steps_per_second * self.episodes_per_step:.2f} episodes/s "
+      f"ETA {format_duration(eta) if math.isfinite(eta) else '?'}"
     )
 
 

@@ -27,8 +27,8 @@ def check_batch_divides(batch_size: int, mesh: Mesh, what: str) -> None:
   devices = mesh.devices.size
   if batch_size % devices:
     raise ConfigError(
-        f"{what} = {batch_size} does not divide over {devices} devices. Use a multiple "
-        f"of {devices}, or run on fewer devices (e.g. CUDA_VISIBLE_DEVICES)."
+      f"{what} = {batch_size} does not divide over {devices} devices. Use a multiple "
+      f"of {devices}, or run on fewer devices (e.g. CUDA_VISIBLE_DEVICES)."
     )
 
 

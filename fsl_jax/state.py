@@ -23,7 +23,7 @@ class TrainState:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, example_images: jax.Array, seed: int
+  model: nn.Module, tx: optax.GradientTransformation, example_images: jax.Array, seed: int
 ) -> TrainState:
   """Initialises params and batch statistics from a batch shaped like the inputs.
 
@@ -37,9 +37,9 @@ def create_train_state(
   variables = model.init(jax.random.fold_in(root, 0), example_images, train=False)
   params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
-      rng=jax.random.fold_in(root, 1),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    rng=jax.random.fold_in(root, 1),
   )

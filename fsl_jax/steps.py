@@ -31,23 +31,23 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: 
 
   def meta_loss(params, batch_stats, episodes: Episode, rngs):
     per_episode = jax.vmap(
-        lambda episode, rng: loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True)
+      lambda episode, rng: loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True)
     )
     losses, (metrics, new_stats) = per_episode(episodes, rngs)
-    mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)  # noqa: E731
+    mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
     return jnp.mean(losses), (mean(metrics), mean(new_stats))
 
   def train_step(state: TrainState, episodes: Episode):
     meta_batch_size = episodes.query_labels.shape[0]
     rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch_size)
     grads, (metrics, batch_stats) = jax.grad(meta_loss, has_aux=True)(
-        state.params, state.batch_stats, episodes, rngs
+      state.params, state.batch_stats, episodes, rngs
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     return new_state, metrics
 
@@ -63,7 +63,7 @@ def make_eval_step(loss_fn: Callable, n_way: int):
 
     def one(episode, rng):
       _, (metrics, _) = loss_fn(
-          state.params, state.batch_stats, episode, rng, n_way=n_way, train=False
+        state.params, state.batch_stats, episode, rng, n_way=n_way, train=False
       )
       return metrics
 

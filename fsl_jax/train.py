@@ -40,10 +40,10 @@ def make_optimizer(optim: ml_collections.ConfigDict, meta_batch_size: int):
   so the interval is divided by the meta-batch size.
   """
   schedule = optax.exponential_decay(
-      optim.learning_rate,
-      transition_steps=max(1, optim.decay_every_episodes // meta_batch_size),
-      decay_rate=optim.decay_rate,
-      staircase=True,
+    optim.learning_rate,
+    transition_steps=max(1, optim.decay_every_episodes // meta_batch_size),
+    decay_rate=optim.decay_rate,
+    staircase=True,
   )
   return optax.adam(schedule)
 
@@ -66,12 +66,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
   data = load_dataset(config.data)
   train_sampler = EpisodeSampler(
-      data["train"], episode_shape(config.train), config.seed, "config.train"
+    data["train"], episode_shape(config.train), config.seed, "config.train"
   )
   eval_samplers = {
-      part: EpisodeSampler(data[part], episode_shape(config.eval), config.eval.seed, "config.eval")
-      for part in ("val", "test")
-      if part in data
+    part: EpisodeSampler(data[part], episode_shape(config.eval), config.eval.seed, "config.eval")
+    for part in ("val", "test")
+    if part in data
   }
   meta_batch_size = config.train.meta_batch_size
   mesh = sharding.make_mesh()
@@ -95,12 +95,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def validate(current_state) -> dict:
     return evaluate(
-        eval_step,
-        current_state,
-        eval_samplers["val"],
-        config.eval.val_episodes,
-        config.eval.batch_size,
-        mesh,
+      eval_step,
+      current_state,
+      eval_samplers["val"],
+      config.eval.val_episodes,
+      config.eval.batch_size,
+      mesh,
     )
 
   per_process = meta_batch_size // jax.process_count()
@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = Progress(num_steps, start, meta_batch_size)
   window_sum, window_count = None, 0
   batches = prefetch(produce, range(start, num_steps))
-  for step, batch in zip(range(start + 1, num_steps + 1), batches):
+  for step, batch in zip(range(start + 1, num_steps + 1), batches, strict=True):
     state, metrics = train_step(state, batch)
     window_sum = metrics if window_sum is None else jax.tree.map(jnp.add, window_sum, metrics)
     window_count += 1
@@ -127,15 +127,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if is_writer:
         logging.info("%s", progress.line(step, means))
     validate_now = "val" in eval_samplers and (
-        step % config.train.eval_every == 0 or step == num_steps
+      step % config.train.eval_every == 0 or step == num_steps
     )
     if validate_now:
       result = validate(state)
       writer.write(step, "val", {"accuracy": result["accuracy"], "loss": result["loss"]})
       if is_writer:
-        logging.info(
-            "step %d val accuracy %.4f +- %.4f", step, result["accuracy"], result["ci95"]
-        )
+        logging.info("step %d val accuracy %.4f +- %.4f", step, result["accuracy"], result["ci95"])
       checkpoints.save(state, val_accuracy=result["accuracy"])
     elif step % config.train.checkpoint_every == 0 or step == num_steps:
       checkpoints.save(state)
@@ -146,14 +144,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best = checkpoints.best_step()
     state = checkpoints.restore(best, state)
     results["val"] = {**validate(state), "step": best}
-  results["test"] = evaluate(
+  if "test" in eval_samplers:
+    results["test"] = evaluate(
       eval_step,
       state,
       eval_samplers["test"],
       config.eval.test_episodes,
       config.eval.batch_size,
       mesh,
-  ) if "test" in eval_samplers else None
+    )
   results["test_step"] = int(jax.device_get(state.step))
   results["train_seconds"] = time.perf_counter() - started
   results["config"] = config.to_dict()
@@ -161,17 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.close()
   if is_writer:
     write_json_atomically(os.path.join(workdir, "results.json"), results)
-    if results["test"] is not None:
+    if "test" in results:
       test = results["test"]
       logging.info(
-          "test %d-way %d-shot accuracy %.2f%% +- %.2f%% over %d episodes (checkpoint step %d), "
-          "total time %s",
-          test["n_way"],
-          test["k_shot"],
-          100 * test["accuracy"],
-          100 * test["ci95"],
-          test["episodes"],
-          results["test_step"],
-          format_duration(results["train_seconds"]),
+        "test %d-way %d-shot accuracy %.2f%% +- %.2f%% over %d episodes (checkpoint step %d), "
+        "total time %s",
+        test["n_way"],
+        test["k_shot"],
+        100 * test["accuracy"],
+        100 * test["ci95"],
+        test["episodes"],
+        results["test_step"],
+        format_duration(results["train_seconds"]),
       )
   return results

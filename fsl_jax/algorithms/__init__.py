@@ -27,14 +27,14 @@ def make_loss(config: ml_collections.ConfigDict, model: nn.Module) -> Callable:
     def loss(params, batch_stats, episode, rng, *, n_way, train):
       del rng  # Prototypical Networks are deterministic.
       return protonet.episode_loss(
-          model,
-          params,
-          batch_stats,
-          episode,
-          n_way=n_way,
-          train=train,
-          distance=settings.distance,
-          cosine_scale=settings.cosine_scale,
+        model,
+        params,
+        batch_stats,
+        episode,
+        n_way=n_way,
+        train=train,
+        distance=settings.distance,
+        cosine_scale=settings.cosine_scale,
       )
 
     return loss

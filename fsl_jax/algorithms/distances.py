@@ -25,7 +25,7 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Arra
 
 
 def similarity_logits(
-    a: jax.Array, b: jax.Array, distance: str, cosine_scale: float = 1.0
+  a: jax.Array, b: jax.Array, distance: str, cosine_scale: float = 1.0
 ) -> jax.Array:
   """Logits [P, R]: -||a - b||^2 for "euclidean", cosine_scale * cos(a, b) for "cosine"."""
   if distance == "euclidean":

@@ -34,29 +34,29 @@ def prototypes(embeddings: jax.Array, labels: jax.Array, n_way: int) -> jax.Arra
 
 
 def query_logits(
-    support: jax.Array,
-    support_labels: jax.Array,
-    query: jax.Array,
-    n_way: int,
-    distance: str = "euclidean",
-    cosine_scale: float = 10.0,
+  support: jax.Array,
+  support_labels: jax.Array,
+  query: jax.Array,
+  n_way: int,
+  distance: str = "euclidean",
+  cosine_scale: float = 10.0,
 ) -> jax.Array:
   """Logits [N*Q, N] of queries [N*Q, D] against prototypes of support [N*K, D]."""
   return similarity_logits(
-      query, prototypes(support, support_labels, n_way), distance, cosine_scale
+    query, prototypes(support, support_labels, n_way), distance, cosine_scale
   )
 
 
 def episode_loss(
-    model: nn.Module,
-    params,
-    batch_stats,
-    episode: Episode,
-    *,
-    n_way: int,
-    train: bool,
-    distance: str = "euclidean",
-    cosine_scale: float = 10.0,
+  model: nn.Module,
+  params,
+  batch_stats,
+  episode: Episode,
+  *,
+  n_way: int,
+  train: bool,
+  distance: str = "euclidean",
+  cosine_scale: float = 10.0,
 ):
   """Prototypical loss of one episode.
 
@@ -79,12 +79,12 @@ def episode_loss(
   else:
     embeddings = model.apply(variables, images, train=False)
   logits = query_logits(
-      embeddings[:n_support],
-      episode.support_labels,
-      embeddings[n_support:],
-      n_way,
-      distance,
-      cosine_scale,
+    embeddings[:n_support],
+    episode.support_labels,
+    embeddings[n_support:],
+    n_way,
+    distance,
+    cosine_scale,
   )  # [N*Q, N]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, episode.query_labels).mean()
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == episode.query_labels)

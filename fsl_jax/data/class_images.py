@@ -50,16 +50,16 @@ def resolve_manual_dir(manual_dir: str | None) -> str | None:
   manual_dir = manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
   if manual_dir is not None and not os.path.isdir(manual_dir):
     raise DataError(
-        f"manual_dir {manual_dir!r} is not a folder. Point --config.data.manual_dir "
-        f"(or ${MANUAL_DIR_ENV}) at the folder that holds the dataset files."
+      f"manual_dir {manual_dir!r} is not a folder. Point --config.data.manual_dir "
+      f"(or ${MANUAL_DIR_ENV}) at the folder that holds the dataset files."
     )
   return manual_dir
 
 
 def prepare_omniglot(
-    builder_config: str | omniglot.OmniglotConfig,
-    data_dir: str | None,
-    manual_dir: str | None,
+  builder_config: str | omniglot.OmniglotConfig,
+  data_dir: str | None,
+  manual_dir: str | None,
 ) -> omniglot.OmniglotFewShot:
   """Builds (once) and returns the Omniglot tfds builder for one config.
 
@@ -68,7 +68,7 @@ def prepare_omniglot(
   must hash to the recorded value.
   """
   builder = omniglot.OmniglotFewShot(
-      config=builder_config, data_dir=data_dir, file_format="array_record"
+    config=builder_config, data_dir=data_dir, file_format="array_record"
   )
   zips = builder.builder_config.zips
   if builder.is_prepared():
@@ -76,8 +76,8 @@ def prepare_omniglot(
     expected = {z.filename: z.sha256 for z in zips}
     if recorded != expected:
       raise DataError(
-          f"the prepared dataset in {builder.data_dir} was built from {recorded}, not from "
-          f"{expected}. Delete that folder or choose another --config.data.data_dir."
+        f"the prepared dataset in {builder.data_dir} was built from {recorded}, not from "
+        f"{expected}. Delete that folder or choose another --config.data.data_dir."
       )
     if manual_dir is not None:
       for z in zips:
@@ -85,9 +85,7 @@ def prepare_omniglot(
         if os.path.exists(path):
           omniglot.verify_zip(path, z)
     return builder
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-  )
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 
@@ -100,7 +98,7 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_classes(
-    builder: omniglot.OmniglotFewShot, image_size: int
+  builder: omniglot.OmniglotFewShot, image_size: int
 ) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
   """Reads every record once: (alphabet, character) -> (zip split, [M, S, S, 1]).
 
@@ -128,7 +126,7 @@ def read_classes(
 
 
 def rotate_classes(
-    images: np.ndarray, names: list[str], rotations: tuple[int, ...]
+  images: np.ndarray, names: list[str], rotations: tuple[int, ...]
 ) -> tuple[np.ndarray, list[str]]:
   """Each rotation (degrees, multiple of 90) makes a new class: [C, ...] -> [C*R, ...].
 
@@ -139,19 +137,19 @@ def rotate_classes(
       raise DataError(f"rotations must be multiples of 90 degrees, got {angle}.")
   # [C, M, H, W, ch] -> [C, R, M, H, W, ch]; np.rot90 turns counter-clockwise.
   rotated = np.stack([np.rot90(images, k=angle // 90, axes=(2, 3)) for angle in rotations], 1)
-  rotated = rotated.reshape((-1,) + images.shape[1:])
+  rotated = rotated.reshape((-1, *images.shape[1:]))
   rotated_names = [f"{name}/rot{angle:03d}" for name in names for angle in rotations]
   return np.ascontiguousarray(rotated), rotated_names
 
 
 def load_omniglot(
-    split: str,
-    image_size: int = 28,
-    train_rotations: tuple[int, ...] = (0, 90, 180, 270),
-    eval_rotations: tuple[int, ...] = (0, 90, 180, 270),
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    builder_config: omniglot.OmniglotConfig | None = None,
+  split: str,
+  image_size: int = 28,
+  train_rotations: tuple[int, ...] = (0, 90, 180, 270),
+  eval_rotations: tuple[int, ...] = (0, 90, 180, 270),
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+  builder_config: omniglot.OmniglotConfig | None = None,
 ) -> dict[str, ClassImages]:
   """Loads one few-shot split of Omniglot: part name -> ClassImages.
 
@@ -184,8 +182,8 @@ def load_omniglot(
     counts = {images.shape[0] for _, images in by_part[part]}
     if len(counts) != 1:
       raise DataError(
-          f"{part} classes of {split!r} have different numbers of drawings {sorted(counts)}; "
-          f"the dataset in {builder.data_dir} is incomplete. Delete it and build again."
+        f"{part} classes of {split!r} have different numbers of drawings {sorted(counts)}; "
+        f"the dataset in {builder.data_dir} is incomplete. Delete it and build again."
       )
     images = np.stack([images for _, images in by_part[part]])
     rotations = train_rotations if part == "train" else eval_rotations

@@ -14,17 +14,17 @@ def load_dataset(data: ml_collections.ConfigDict) -> dict[str, ClassImages]:
   """Loads the few-shot split ``data.split`` of ``data.dataset`` into host memory."""
   if data.dataset == "omniglot":
     return load_omniglot(
-        split=data.split,
-        image_size=data.image_size,
-        train_rotations=tuple(data.train_rotations),
-        eval_rotations=tuple(data.eval_rotations),
-        data_dir=data.data_dir,
-        manual_dir=data.manual_dir,
+      split=data.split,
+      image_size=data.image_size,
+      train_rotations=tuple(data.train_rotations),
+      eval_rotations=tuple(data.eval_rotations),
+      data_dir=data.data_dir,
+      manual_dir=data.manual_dir,
     )
   if data.dataset == "mini_imagenet":
     raise DataError(
-        "miniImageNet cannot be downloaded automatically and its builder is not part of "
-        "this release yet. It will read train.csv/val.csv/test.csv plus images/*.jpg "
-        "(Ravi & Larochelle) from --config.data.manual_dir."
+      "miniImageNet cannot be downloaded automatically and its builder is not part of "
+      "this release yet. It will read train.csv/val.csv/test.csv plus images/*.jpg "
+      "(Ravi & Larochelle) from --config.data.manual_dir."
     )
   raise ConfigError(f"config.data.dataset must be one of {DATASETS}, got {data.dataset!r}.")

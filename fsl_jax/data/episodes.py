@@ -53,14 +53,14 @@ class EpisodeShape:
       raise EpisodeShapeError(f"{what}: n_way, k_shot and n_query must be >= 1, got {self}.")
     if self.n_way > data.num_classes:
       raise EpisodeShapeError(
-          f"{what}: n_way={self.n_way} but the split has only {data.num_classes} classes. "
-          f"Lower n_way to at most {data.num_classes}, or use a split with more classes."
+        f"{what}: n_way={self.n_way} but the split has only {data.num_classes} classes. "
+        f"Lower n_way to at most {data.num_classes}, or use a split with more classes."
       )
     if self.k_shot + self.n_query > data.images_per_class:
       raise EpisodeShapeError(
-          f"{what}: k_shot + n_query = {self.k_shot} + {self.n_query} but each class has "
-          f"only {data.images_per_class} images. Lower n_query to at most "
-          f"{data.images_per_class - self.k_shot}."
+        f"{what}: k_shot + n_query = {self.k_shot} + {self.n_query} but each class has "
+        f"only {data.images_per_class} images. Lower n_query to at most "
+        f"{data.images_per_class - self.k_shot}."
       )
 
 
@@ -85,13 +85,13 @@ class EpisodeSampler:
     images = self.data.images[classes[:, None], drawings]  # [N, K+Q, H, W, C]
     image_shape = images.shape[2:]
     return Episode(
-        support=images[:, :k].reshape((n * k,) + image_shape),
-        support_labels=self._support_labels,
-        query=images[:, k:].reshape((n * q,) + image_shape),
-        query_labels=self._query_labels,
+      support=images[:, :k].reshape((n * k, *image_shape)),
+      support_labels=self._support_labels,
+      query=images[:, k:].reshape((n * q, *image_shape)),
+      query_labels=self._query_labels,
     )
 
   def episodes(self, start: int, count: int) -> Episode:
     """Episodes start .. start+count-1 stacked on a leading axis: [count, ...]."""
     batch = [self.episode(start + i) for i in range(count)]
-    return Episode(*(np.stack(parts) for parts in zip(*batch)))
+    return Episode(*(np.stack(parts) for parts in zip(*batch, strict=True)))

@@ -58,24 +58,24 @@ class OmniglotZip:
 
 
 BACKGROUND = OmniglotZip(
-    "images_background.zip",
-    "background",
-    "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
+  "images_background.zip",
+  "background",
+  "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
 )
 EVALUATION = OmniglotZip(
-    "images_evaluation.zip",
-    "evaluation",
-    "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
+  "images_evaluation.zip",
+  "evaluation",
+  "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
 )
 SMALL1 = OmniglotZip(
-    "images_background_small1.zip",
-    "small1",
-    "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
+  "images_background_small1.zip",
+  "small1",
+  "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
 )
 SMALL2 = OmniglotZip(
-    "images_background_small2.zip",
-    "small2",
-    "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
+  "images_background_small2.zip",
+  "small2",
+  "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
 )
 
 
@@ -90,9 +90,8 @@ def manual_instructions(zips: tuple[OmniglotZip, ...]) -> str:
   """The message that tells a user exactly which files to put where."""
   lines = [f"  {z.filename}  (from {z.url}, sha256 {z.sha256})" for z in zips]
   return (
-      "Put these files, unchanged, in one folder and pass it as "
-      "--config.data.manual_dir=FOLDER (or set FSL_JAX_MANUAL_DIR=FOLDER):\n"
-      + "\n".join(lines)
+    "Put these files, unchanged, in one folder and pass it as "
+    "--config.data.manual_dir=FOLDER (or set FSL_JAX_MANUAL_DIR=FOLDER):\n" + "\n".join(lines)
   )
 
 
@@ -109,9 +108,9 @@ def verify_zip(path: os.PathLike | str, expected: OmniglotZip) -> None:
   actual = sha256_of(path)
   if actual != expected.sha256:
     raise DataError(
-        f"{path} is not the official {expected.filename}: its sha256 is {actual}, "
-        f"expected {expected.sha256}. The file is corrupt, truncated or a different "
-        f"release. Download it again from {expected.url}."
+      f"{path} is not the official {expected.filename}: its sha256 is {actual}, "
+      f"expected {expected.sha256}. The file is corrupt, truncated or a different "
+      f"release. Download it again from {expected.url}."
     )
 
 
@@ -149,8 +148,8 @@ def read_zip(path: os.PathLike | str, zip_name: str) -> Iterator[tuple[str, dict
       parts = name.split("/")
       if len(parts) != 4 or not parts[2].startswith("character"):
         raise DataError(
-            f"{path}: unexpected entry {name!r}; expected "
-            "'<zip stem>/<Alphabet>/characterNN/<id>_<drawer>.png'."
+          f"{path}: unexpected entry {name!r}; expected "
+          "'<zip stem>/<Alphabet>/characterNN/<id>_<drawer>.png'."
         )
       _, alphabet, character, filename = parts
       drawer = filename.rsplit(".", 1)[0].rsplit("_", 1)[-1]
@@ -159,14 +158,14 @@ def read_zip(path: os.PathLike | str, zip_name: str) -> Iterator[tuple[str, dict
       except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read {name} ({e}). Download the zip again.") from e
       yield (
-          f"{zip_name}/{alphabet}/{character}/{filename}",
-          {
-              "image": ink_png(png, f"{path}:{name}"),
-              "alphabet": alphabet,
-              "character": int(character.removeprefix("character")),
-              "drawer": int(drawer),
-              "source_zip": zip_name,
-          },
+        f"{zip_name}/{alphabet}/{character}/{filename}",
+        {
+          "image": ink_png(png, f"{path}:{name}"),
+          "alphabet": alphabet,
+          "character": int(character.removeprefix("character")),
+          "drawer": int(drawer),
+          "source_zip": zip_name,
+        },
       )
 
 
@@ -176,43 +175,41 @@ class OmniglotFewShot(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Official zips, ink = 255, alphabet/character/drawer metadata."}
   BUILDER_CONFIGS = [
-      OmniglotConfig(
-          name="full",
-          description="images_background.zip + images_evaluation.zip (1623 characters).",
-          zips=(BACKGROUND, EVALUATION),
-      ),
-      OmniglotConfig(
-          name="small",
-          description="images_background_small1.zip + images_background_small2.zip.",
-          zips=(SMALL1, SMALL2),
-      ),
+    OmniglotConfig(
+      name="full",
+      description="images_background.zip + images_evaluation.zip (1623 characters).",
+      zips=(BACKGROUND, EVALUATION),
+    ),
+    OmniglotConfig(
+      name="small",
+      description="images_background_small1.zip + images_background_small2.zip.",
+      zips=(SMALL1, SMALL2),
+    ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = manual_instructions((BACKGROUND, EVALUATION, SMALL1, SMALL2))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Image(
-                    shape=(IMAGE_SIZE, IMAGE_SIZE, 1), encoding_format="png"
-                ),
-                "alphabet": tfds.features.Text(),
-                "character": np.int32,
-                "drawer": np.int32,
-                "source_zip": tfds.features.Text(),
-            }
-        ),
-        homepage="https://github.com/brendenlake/omniglot",
-        citation=(
-            "@article{lake2015human, title={Human-level concept learning through "
-            "probabilistic program induction}, author={Lake, Brenden M and "
-            "Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, journal={Science}, "
-            "volume={350}, number={6266}, pages={1332--1338}, year={2015}}"
-        ),
-        metadata=tfds.core.MetadataDict(
-            zip_sha256={z.filename: z.sha256 for z in self.builder_config.zips}
-        ),
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), encoding_format="png"),
+          "alphabet": tfds.features.Text(),
+          "character": np.int32,
+          "drawer": np.int32,
+          "source_zip": tfds.features.Text(),
+        }
+      ),
+      homepage="https://github.com/brendenlake/omniglot",
+      citation=(
+        "@article{lake2015human, title={Human-level concept learning through "
+        "probabilistic program induction}, author={Lake, Brenden M and "
+        "Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, journal={Science}, "
+        "volume={350}, number={6266}, pages={1332--1338}, year={2015}}"
+      ),
+      metadata=tfds.core.MetadataDict(
+        zip_sha256={z.filename: z.sha256 for z in self.builder_config.zips}
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -220,13 +217,13 @@ class OmniglotFewShot(tfds.core.GeneratorBasedBuilder):
     for z in self.builder_config.zips:
       verify_zip(paths[z.filename], z)
     return {
-        z.split: self._generate_examples(paths[z.filename], z.filename.removesuffix(".zip"))
-        for z in self.builder_config.zips
+      z.split: self._generate_examples(paths[z.filename], z.filename.removesuffix(".zip"))
+      for z in self.builder_config.zips
     }
 
   def _locate(self, z: OmniglotZip, dl_manager: tfds.download.DownloadManager) -> str:
     """The zip in manual_dir if it is there, else a download of it."""
-    manual_dir = dl_manager._manual_dir  # noqa: SLF001  (None-safe, no instructions check)
+    manual_dir = dl_manager._manual_dir
     if manual_dir is not None:
       candidate = os.path.join(os.fspath(manual_dir), z.filename)
       if os.path.exists(candidate):
@@ -236,8 +233,8 @@ class OmniglotFewShot(tfds.core.GeneratorBasedBuilder):
     except Exception as e:  # Any network failure ends in the same advice.
       where = f"It is not in manual_dir {manual_dir}" if manual_dir else "No manual_dir was given"
       raise DataError(
-          f"cannot find {z.filename}. {where}, and downloading {z.url} failed ({e}).\n"
-          + manual_instructions(self.builder_config.zips)
+        f"cannot find {z.filename}. {where}, and downloading {z.url} failed ({e}).\n"
+        + manual_instructions(self.builder_config.zips)
       ) from e
 
   def _generate_examples(self, path: str, zip_name: str):

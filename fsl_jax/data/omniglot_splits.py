@@ -24,24 +24,24 @@ from collections.abc import Callable
 from fsl_jax.errors import ConfigError
 
 VINYALS_TEST_ALPHABETS = frozenset(
-    {
-        "Kannada",
-        "Keble",
-        "Malayalam",
-        "Manipuri",
-        "Mongolian",
-        "Old_Church_Slavonic_(Cyrillic)",
-        "Oriya",
-        "Sylheti",
-        "Syriac_(Serto)",
-        "Tengwar",
-        "Tibetan",
-        "ULOG",
-    }
+  {
+    "Kannada",
+    "Keble",
+    "Malayalam",
+    "Manipuri",
+    "Mongolian",
+    "Old_Church_Slavonic_(Cyrillic)",
+    "Oriya",
+    "Sylheti",
+    "Syriac_(Serto)",
+    "Tengwar",
+    "Tibetan",
+    "ULOG",
+  }
 )
 VINYALS_TEST_GURMUKHI = range(42, 46)  # Gurmukhi characters 42..45 are test.
 VINYALS_VAL_ALPHABETS = frozenset(
-    {"Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)"}
+  {"Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)"}
 )
 
 SMALL_TRAIN_ALPHABETS = frozenset({"Balinese", "Greek", "Korean", "Latin"})
@@ -70,9 +70,9 @@ def lake_part(alphabet: str, character: int, zip_split: str) -> str | None:
 def small_part(alphabet: str, character: int, zip_split: str) -> str | None:
   del character, zip_split
   for part, alphabets in (
-      ("train", SMALL_TRAIN_ALPHABETS),
-      ("val", SMALL_VAL_ALPHABETS),
-      ("test", SMALL_TEST_ALPHABETS),
+    ("train", SMALL_TRAIN_ALPHABETS),
+    ("val", SMALL_VAL_ALPHABETS),
+    ("test", SMALL_TEST_ALPHABETS),
   ):
     if alphabet in alphabets:
       return part
@@ -95,16 +95,16 @@ class SplitRule:
 
 
 SPLITS = {
-    "vinyals": SplitRule("vinyals", "full", vinyals_part, PARTS),
-    "lake": SplitRule("lake", "full", lake_part, ("train", "test")),
-    "small": SplitRule("small", "small", small_part, PARTS),
-    "small_all": SplitRule("small_all", "small", small_all_part, ("train",)),
+  "vinyals": SplitRule("vinyals", "full", vinyals_part, PARTS),
+  "lake": SplitRule("lake", "full", lake_part, ("train", "test")),
+  "small": SplitRule("small", "small", small_part, PARTS),
+  "small_all": SplitRule("small_all", "small", small_all_part, ("train",)),
 }
 
 
 def get_split(name: str) -> SplitRule:
   if name not in SPLITS:
     raise ConfigError(
-        f"unknown Omniglot split {name!r}; set config.data.split to one of {sorted(SPLITS)}."
+      f"unknown Omniglot split {name!r}; set config.data.split to one of {sorted(SPLITS)}."
     )
   return SPLITS[name]

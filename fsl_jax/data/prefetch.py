@@ -20,21 +20,24 @@ def prefetch(produce: Callable[[int], T], indices: range, depth: int = 2) -> Ite
   items: queue.Queue = queue.Queue(maxsize=depth)
   stop = threading.Event()
 
+  def put(item) -> bool:
+    """Puts ``item`` unless the consumer has stopped; False once it has."""
+    while not stop.is_set():
+      try:
+        items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def worker():
     try:
       for i in indices:
-        item = produce(i)
-        while not stop.is_set():
-          try:
-            items.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if stop.is_set() or not put(produce(i)):
           return
-      items.put(_DONE)
+      put(_DONE)
     except BaseException as e:  # Handed to the consumer, which re-raises it.
-      items.put(e)
+      put(e)
 
   thread = threading.Thread(target=worker, daemon=True, name="episode-prefetch")
   thread.start()

@@ -16,9 +16,9 @@ def make_model(model: ml_collections.ConfigDict, num_outputs: int | None = None)
   if impl not in CONV_IMPLS:
     raise ConfigError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}.")
   return Conv4(
-      filters=model.filters,
-      conv_impl=impl,
-      pixel_mean=tuple(model.pixel_mean),
-      pixel_std=tuple(model.pixel_std),
-      num_outputs=num_outputs,
+    filters=model.filters,
+    conv_impl=impl,
+    pixel_mean=tuple(model.pixel_mean),
+    pixel_std=tuple(model.pixel_std),
+    num_outputs=num_outputs,
   )

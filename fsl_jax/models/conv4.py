@@ -13,8 +13,9 @@ The convolution has two formulations with identical numbers, chosen per backend
   convolution, and under ``vmap`` with per-task weights it becomes a batched
   matmul rather than a slow grouped convolution.
 
-Max-pooling is a reshape and a ``max``, whose backward pass is far cheaper on CPU
-than ``reduce_window``'s select-and-scatter. Odd sides are floored as in PyTorch.
+Max-pooling gathers each 2x2 window at its argmax (see ``max_pool_2x2``): on CPU
+its backward pass is far cheaper than ``reduce_window``'s select-and-scatter.
+Odd sides are floored as in PyTorch.
 
 Params and batch statistics are separate pytrees: ``variables = {"params": ...,
 "batch_stats": ...}``; call ``apply(variables, x, train=True, mutable=["batch_stats"])``
@@ -53,24 +54,36 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
   """
   if impl == "xla":
     return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
   if impl == "im2col":
     _, h, w, c_in = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     # Channel index (dy*3 + dx)*C_in + c matches kernel.reshape(9*C_in, C_out).
     patches = jnp.concatenate(
-        [padded[:, dy : dy + h, dx : dx + w, :] for dy in range(3) for dx in range(3)], axis=-1
+      [padded[:, dy : dy + h, dx : dx + w, :] for dy in range(3) for dx in range(3)], axis=-1
     )
     return patches @ kernel.reshape(9 * c_in, kernel.shape[-1])
   raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """[B, H, W, C] -> [B, H//2, W//2, C], the max of each 2x2 window (floored)."""
+  """[B, H, W, C] -> [B, H//2, W//2, C], the max of each 2x2 window (odd sides floored).
+
+  The window is gathered at its argmax, so the gradient flows to that one
+  element. The textbook forms (``reshape`` + ``max``, or ``jnp.maximum`` of the
+  four corners) differentiate by comparing each input with the max for
+  equality; on XLA:CPU (jax 0.10.2), under ``jit(grad(vmap(...)))`` with the
+  im2col convolution, that comparison can see values that XLA recomputed with
+  different rounding, and layer-1 gradients came out wrong by 100%
+  (tests/test_models.py::test_jit_grad_under_vmap_equals_eager_grad).
+  """
   b, h, w, c = x.shape
-  x = x[:, : h // 2 * 2, : w // 2 * 2]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  h2, w2 = h // 2, w // 2
+  windows = x[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2, c)
+  windows = windows.transpose(0, 1, 3, 5, 2, 4).reshape(b, h2, w2, c, 4)
+  index = jnp.argmax(windows, axis=-1, keepdims=True)
+  return jnp.take_along_axis(windows, index, axis=-1)[..., 0]
 
 
 class Conv3x3(nn.Module):

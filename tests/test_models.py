@@ -1,0 +1,92 @@
+"""conv-4: both convolution formulations compute the same function, and shapes are right."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsl_jax.models.conv4 import Conv4, conv3x3, max_pool_2x2
+
+
+@pytest.mark.parametrize("c_in", [1, 3, 8])
+def test_conv_formulations_agree_with_a_numpy_convolution(c_in):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 6, c_in)).astype(np.float32)
+  k = rng.normal(size=(3, 3, c_in, 5)).astype(np.float32)
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros((2, 7, 6, 5), np.float32)
+  for dy in range(3):
+    for dx in range(3):
+      expected += np.einsum("bhwc,co->bhwo", padded[:, dy : dy + 7, dx : dx + 6], k[dy, dx])
+  for impl in ("xla", "im2col"):
+    np.testing.assert_allclose(conv3x3(x, k, impl), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_gradients_agree_between_formulations():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(3, 8, 8, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+  grads = {
+    impl: jax.grad(lambda x, k, impl=impl: jnp.sum(jnp.sin(conv3x3(x, k, impl))), (0, 1))(x, k)
+    for impl in ("xla", "im2col")
+  }
+  for a, b in zip(grads["xla"], grads["im2col"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_reshape_max_pool_equals_flax_max_pool_including_odd_sides():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 7, 7, 3)), jnp.float32)
+  expected = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  assert max_pool_2x2(x).shape == (2, 3, 3, 3)
+  np.testing.assert_array_equal(max_pool_2x2(x), expected)
+
+
+@pytest.mark.parametrize(
+  "image_shape, filters, dim", [((28, 28, 1), 64, 64), ((84, 84, 3), 32, 32 * 5 * 5)]
+)
+def test_embedding_shapes(image_shape, filters, dim):
+  model = Conv4(filters=filters, pixel_mean=(0.5,) * image_shape[-1], pixel_std=(0.25,) * 3)
+  images = jnp.zeros((4, *image_shape), jnp.uint8)
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  assert model.apply(variables, images, train=False).shape == (4, dim)
+  assert set(variables) == {"params", "batch_stats"}
+
+
+def test_whole_model_agrees_across_formulations_in_train_and_eval_mode():
+  images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
+  models = {impl: Conv4(conv_impl=impl) for impl in ("xla", "im2col")}
+  variables = models["xla"].init(jax.random.PRNGKey(0), images, train=False)
+  for train in (True, False):
+    outputs = {
+      impl: m.apply(variables, images, train=train, mutable=["batch_stats"])[0]
+      for impl, m in models.items()
+    }
+    np.testing.assert_allclose(outputs["xla"], outputs["im2col"], rtol=1e-4, atol=1e-4)
+
+
+def test_linear_head_gives_n_way_logits():
+  model = Conv4(num_outputs=5)
+  images = jnp.zeros((3, 28, 28, 1), jnp.uint8)
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  assert model.apply(variables, images, train=False).shape == (3, 5)
+
+
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+def test_jit_grad_under_vmap_equals_eager_grad(impl):
+  """Regression: with reshape+max pooling, XLA:CPU got layer-1 gradients wrong here."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 12, 8, 8, 1)), jnp.uint8)
+  model = Conv4(filters=4, num_blocks=2, conv_impl=impl)
+  variables = model.init(jax.random.PRNGKey(0), images[0], train=False)
+
+  def loss(params):
+    def one(x):
+      variables_ = {"params": params, "batch_stats": variables["batch_stats"]}
+      y, _ = model.apply(variables_, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(y))
+
+    return jax.vmap(one)(images).sum()
+
+  eager = jax.grad(loss)(variables["params"])
+  jitted = jax.jit(jax.grad(loss))(variables["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3), eager, jitted)
