@@ -1,0 +1,38 @@
+"""Every config loads, has a quick variant, and rejects typos in keys."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+CONFIGS = sorted(
+  p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.py") if p.stem[0] != "_"
+)
+EXPERIMENTS = [name for name in CONFIGS if name != "common"]
+
+
+def test_there_are_experiment_configs():
+  assert {"proto_omniglot5w1s", "proto_omniglot20w5s"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_and_quick_variant(name):
+  module = importlib.import_module(f"configs.{name}")
+  full, quick = module.get_config(), module.get_config("quick")
+  assert quick.train.num_steps < full.train.num_steps
+  assert quick.eval.test_episodes < full.eval.test_episodes
+  assert f"configs/{name}.py" in module.__doc__  # The docstring states the command.
+  with pytest.raises(ValueError, match="unknown config argument"):
+    module.get_config("quik")
+
+
+@pytest.mark.parametrize(
+  "name, n_way, k_shot", [("5w1s", 5, 1), ("5w5s", 5, 5), ("20w1s", 20, 1), ("20w5s", 20, 5)]
+)
+def test_proto_omniglot_configs_follow_snell(name, n_way, k_shot):
+  config = importlib.import_module(f"configs.proto_omniglot{name}").get_config()
+  assert (config.train.n_way, config.train.k_shot, config.train.n_query) == (60, k_shot, 5)
+  assert (config.eval.n_way, config.eval.k_shot) == (n_way, k_shot)
+  assert config.eval.test_episodes == 1000
+  assert config.optim.learning_rate == 1e-3
+  assert (config.optim.decay_every_episodes, config.optim.decay_rate) == (2000, 0.5)

@@ -1,0 +1,107 @@
+"""train_and_evaluate end to end on the real small Omniglot split, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import proto_omniglot5w1s
+from fsl_jax import train
+from fsl_jax.checkpointing import Checkpoints
+
+
+def quick_config(data_dir, manual_dir, num_steps):
+  config = proto_omniglot5w1s.get_config("quick")
+  config.data.split = "small"
+  config.data.data_dir = str(data_dir)
+  config.data.manual_dir = str(manual_dir)
+  config.train.n_way = 20  # Smaller than 60 to keep the test fast.
+  config.train.num_steps = num_steps
+  return config
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
+  workdir = tmp_path_factory.mktemp("full_run")
+  config = quick_config(omniglot_small_data_dir, omniglot_manual_dir, num_steps=6)
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_results_json_schema_and_values(full_run):
+  workdir, results = full_run
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk == json.loads(json.dumps(results))
+  test = results["test"]
+  assert 0.0 <= test["accuracy"] <= 1.0 and test["ci95"] > 0
+  assert (test["episodes"], test["n_way"], test["k_shot"], test["n_query"]) == (20, 5, 1, 15)
+  assert results["val"]["episodes"] == 10
+  assert results["config"]["data"]["split"] == "small"
+
+
+def test_the_checkpoint_tested_is_the_best_on_validation(full_run):
+  workdir, results = full_run
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  val_rows = [r for r in rows if r["split"] == "val"]
+  assert [r["step"] for r in val_rows] == [3, 6]
+  best = max(val_rows, key=lambda r: r["accuracy"])  # First of equals wins, as in Orbax.
+  assert results["val"]["step"] == best["step"] == results["test_step"]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_resumed_run_ends_with_bitwise_identical_params(
+  full_run, tmp_path, omniglot_small_data_dir, omniglot_manual_dir
+):
+  full_workdir, _ = full_run
+  train.train_and_evaluate(
+    quick_config(omniglot_small_data_dir, omniglot_manual_dir, num_steps=3), str(tmp_path)
+  )
+  train.train_and_evaluate(
+    quick_config(omniglot_small_data_dir, omniglot_manual_dir, num_steps=6), str(tmp_path)
+  )
+  full, resumed = Checkpoints(str(full_workdir)), Checkpoints(str(tmp_path))
+  assert full.latest_step() == resumed.latest_step() == 6
+  like = full.manager.restore(6)  # Raw pytree, no target needed.
+  other = resumed.manager.restore(6)
+  leaves = jax.tree.leaves(like)
+  assert leaves
+  jax.tree.map(np.testing.assert_array_equal, like, other)
+  full.close()
+  resumed.close()
+
+
+def run_main(*args, env=None):
+  return subprocess.run(
+    [sys.executable, "-m", "fsl_jax.main", *args],
+    capture_output=True,
+    text=True,
+    env={**os.environ, **(env or {})},
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    timeout=300,
+  )
+
+
+def test_cli_rejects_a_typo_in_a_config_key(tmp_path):
+  result = run_main(
+    "--config=configs/proto_omniglot5w1s.py:quick",
+    f"--workdir={tmp_path}",
+    "--config.data.splt=small",
+  )
+  assert result.returncode != 0
+  assert "Did you mean" in result.stderr and "split" in result.stderr
+
+
+def test_cli_names_the_fix_for_a_wrong_manual_dir(tmp_path):
+  result = run_main(
+    "--config=configs/proto_omniglot5w1s.py:quick",
+    f"--workdir={tmp_path / 'run'}",
+    "--config.data.split=small",
+    f"--config.data.manual_dir={tmp_path / 'no_such_folder'}",
+  )
+  assert result.returncode == 2
+  assert "is not a folder" in result.stderr and "--config.data.manual_dir" in result.stderr
+  assert "Traceback" not in result.stderr
