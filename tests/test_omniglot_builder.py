@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def offline(monkeypatch):
     raise OSError("network is unreachable")
 
   monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+  # The host answers, so the builder goes on to (fail to) download.
+  monkeypatch.setattr(omniglot, "host_reachable", lambda host: True)
   return attempts
 
 
@@ -373,3 +376,20 @@ def test_real_small_pixels_match_the_zip(
   data = omniglot_small[part]
   row = data.class_names.index(f"{class_name}/rot000")
   np.testing.assert_array_equal(data.images[row, 0], resize(ink, 28))
+
+
+def test_unreachable_host_fails_at_once_without_downloading(tmp_path, offline, monkeypatch):
+  monkeypatch.setattr(omniglot, "host_reachable", lambda host: False)
+  manual_dir = tmp_path / "empty"
+  manual_dir.mkdir()
+  with pytest.raises(DataError, match="is unreachable") as error:
+    load_omniglot("small", data_dir=str(tmp_path / "data"), manual_dir=str(manual_dir))
+  assert offline == [], "no download may be tried when the host cannot be reached"
+  assert SMALL1 in str(error.value) and "--config.data.manual_dir" in str(error.value)
+
+
+def test_host_reachable_is_false_for_a_closed_local_port():
+  with socket.socket() as server:
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]  # Bound but not listening: connections are refused.
+    assert not omniglot.host_reachable("127.0.0.1", port=port, timeout=1.0)

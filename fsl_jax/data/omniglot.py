@@ -31,6 +31,8 @@ import dataclasses
 import hashlib
 import io
 import os
+import socket
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 
@@ -101,6 +103,15 @@ def sha256_of(path: os.PathLike | str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+  """Whether a TCP connection to host:port opens within ``timeout`` seconds."""
+  try:
+    with socket.create_connection((host, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
 
 
 def verify_zip(path: os.PathLike | str, expected: OmniglotZip) -> None:
@@ -223,18 +234,22 @@ class OmniglotFewShot(tfds.core.GeneratorBasedBuilder):
 
   def _locate(self, z: OmniglotZip, dl_manager: tfds.download.DownloadManager) -> str:
     """The zip in manual_dir if it is there, else a download of it."""
+    # The private field: the public property raises when manual_dir is unset.
     manual_dir = dl_manager._manual_dir
     if manual_dir is not None:
       candidate = os.path.join(os.fspath(manual_dir), z.filename)
       if os.path.exists(candidate):
         return candidate
+    where = f"It is not in manual_dir {manual_dir}" if manual_dir else "No manual_dir was given"
+    advice = manual_instructions(self.builder_config.zips)
+    # Offline, tfds's downloader retries for minutes; fail in seconds instead.
+    if not host_reachable(urllib.parse.urlparse(z.url).hostname):
+      raise DataError(f"cannot find {z.filename}. {where}, and {z.url} is unreachable.\n{advice}")
     try:
       return os.fspath(dl_manager.download(z.url))
     except Exception as e:  # Any network failure ends in the same advice.
-      where = f"It is not in manual_dir {manual_dir}" if manual_dir else "No manual_dir was given"
       raise DataError(
-        f"cannot find {z.filename}. {where}, and downloading {z.url} failed ({e}).\n"
-        + manual_instructions(self.builder_config.zips)
+        f"cannot find {z.filename}. {where}, and downloading {z.url} failed ({e}).\n{advice}"
       ) from e
 
   def _generate_examples(self, path: str, zip_name: str):
