@@ -32,6 +32,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.conv_impl = "auto"  # "auto", "xla" or "im2col".
   config.model.pixel_mean = (0.0,)
   config.model.pixel_std = (1.0,)
+  config.model.num_blocks = 4
+  config.model.downsample = "max_pool"  # Or "stride" (Finn et al.'s Omniglot model).
 
   config.train = ml_collections.ConfigDict()
   config.train.n_way = 60

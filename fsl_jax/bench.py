@@ -17,15 +17,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 
 from configs import common
 from fsl_jax import sharding
-from fsl_jax.algorithms import make_loss
+from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
-from fsl_jax.models import make_model
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_train_step
 from fsl_jax.train import make_optimizer
@@ -33,19 +33,56 @@ from fsl_jax.train import make_optimizer
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
+  """A benchmark: episode shape and data shape as in the reference code's settings."""
+
   name: str
-  algorithm: str  # "protonet" or "sampler".
+  algorithm: str  # "protonet", "maml" or "sampler".
   classes: int  # Classes in the synthetic dataset, as in the real training split.
   image_shape: tuple[int, int, int]
   shape: EpisodeShape
   meta_batch_size: int = 1
+  inner_steps: int = 0
+  inner_lr: float = 0.0
+  filters: int = 64
+  images_per_class: int = 20
 
 
+OMNIGLOT = dict(classes=4112, image_shape=(28, 28, 1))
+MINI = dict(classes=64, image_shape=(84, 84, 3), images_per_class=600)
 WORKLOADS = {
   w.name: w
   for w in [
-    Workload("proto_omniglot_60w1s", "protonet", 4112, (28, 28, 1), EpisodeShape(60, 1, 5)),
-    Workload("sampler_omniglot", "sampler", 4112, (28, 28, 1), EpisodeShape(60, 1, 5)),
+    Workload("proto_omniglot_60w1s", "protonet", shape=EpisodeShape(60, 1, 5), **OMNIGLOT),
+    Workload(
+      "maml_omniglot_5w1s",
+      "maml",
+      shape=EpisodeShape(5, 1, 1),
+      meta_batch_size=32,
+      inner_steps=1,
+      inner_lr=0.4,
+      **OMNIGLOT,
+    ),
+    Workload(
+      "maml_omniglot_20w1s",
+      "maml",
+      shape=EpisodeShape(20, 1, 1),
+      meta_batch_size=16,
+      inner_steps=5,
+      inner_lr=0.1,
+      **OMNIGLOT,
+    ),
+    Workload(
+      "maml_mini_5w1s",
+      "maml",
+      shape=EpisodeShape(5, 1, 5),
+      meta_batch_size=4,
+      inner_steps=5,
+      inner_lr=0.01,
+      filters=32,
+      **MINI,
+    ),
+    Workload("sampler_omniglot", "sampler", shape=EpisodeShape(60, 1, 5), **OMNIGLOT),
+    Workload("sampler_mini", "sampler", shape=EpisodeShape(5, 5, 15), **MINI),
   ]
 }
 
@@ -54,11 +91,46 @@ _WORKLOAD = flags.DEFINE_multi_enum(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per workload, after warm-up.")
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "im2col"], "Convolution.")
+_ORDERS = flags.DEFINE_multi_enum(
+  "order", ["first", "second"], ["first", "second"], "MAML orders to run."
+)
+_REMAT = flags.DEFINE_bool("remat", False, "MAML: jax.checkpoint each inner step.")
 
 
-def synthetic_images(workload: Workload, images_per_class: int = 20) -> ClassImages:
+def workload_config(
+  workload: Workload, first_order: bool, conv_impl: str, remat: bool = False
+) -> ml_collections.ConfigDict:
+  """The library config that trains ``workload``."""
+  config = common.get_base_config()
+  config.algorithm = workload.algorithm
+  config.model.conv_impl = conv_impl
+  config.model.filters = workload.filters
+  channels = workload.image_shape[-1]
+  config.model.pixel_mean = (0.5,) * channels
+  config.model.pixel_std = (0.25,) * channels
+  for section in (config.train, config.eval):
+    section.n_way = workload.shape.n_way
+    section.k_shot = workload.shape.k_shot
+    section.n_query = workload.shape.n_query
+  config.train.meta_batch_size = workload.meta_batch_size
+  config.protonet = dict(distance="euclidean", cosine_scale=10.0)
+  config.maml = dict(
+    inner_lr=workload.inner_lr,
+    inner_steps=workload.inner_steps,
+    test_inner_steps=workload.inner_steps,
+    first_order=first_order,
+    remat=remat,
+    meta_sgd=False,
+    anil=False,
+    multi_step_loss=False,
+    msl_anneal_steps=1,
+  )
+  return config
+
+
+def synthetic_images(workload: Workload) -> ClassImages:
   rng = np.random.default_rng(0)
-  shape = (workload.classes, images_per_class, *workload.image_shape)
+  shape = (workload.classes, workload.images_per_class, *workload.image_shape)
   images = rng.integers(0, 256, size=shape, dtype=np.uint8)
   return ClassImages(images, tuple(f"class{i}" for i in range(workload.classes)))
 
@@ -78,24 +150,16 @@ def time_sampler(workload: Workload, repeats: int) -> dict:
   return {"step_seconds_median": statistics.median(times), "step_seconds_min": min(times)}
 
 
-def time_train_step(workload: Workload, repeats: int, conv_impl: str) -> dict:
-  config = common.get_base_config()
-  config.algorithm = workload.algorithm
-  config.protonet = dict(distance="euclidean", cosine_scale=10.0)
-  config.model.conv_impl = conv_impl
-  config.train.n_way = workload.shape.n_way
+def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repeats: int) -> dict:
   sampler = EpisodeSampler(synthetic_images(workload), workload.shape, seed=0)
   mesh = sharding.make_mesh()
-  model = make_model(config.model)
+  model, algorithm = make_algorithm(config)
   tx = make_optimizer(config.optim, workload.meta_batch_size)
-  state = create_train_state(model, tx, jnp.asarray(sampler.episode(0).support), 0)
-  step = make_train_step(make_loss(config, model), tx, workload.shape.n_way)
-  batches = [
-    sharding.to_global(
-      sampler.episodes(i * workload.meta_batch_size, workload.meta_batch_size), mesh
-    )
-    for i in range(4)
-  ]
+  example = jnp.asarray(sampler.episode(0).support)
+  state = create_train_state(model, tx, example, 0, algorithm.init_params)
+  step = make_train_step(algorithm.loss, tx, workload.shape.n_way)
+  size = workload.meta_batch_size
+  batches = [sharding.to_global(sampler.episodes(i * size, size), mesh) for i in range(4)]
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_seconds = time.perf_counter() - start
@@ -123,28 +187,34 @@ def time_train_step(workload: Workload, repeats: int, conv_impl: str) -> dict:
   }
 
 
-def run(workload: Workload, repeats: int, conv_impl: str) -> dict:
+def run(workload: Workload, repeats: int, conv_impl: str, first_order=None, remat=False) -> dict:
   if workload.algorithm == "sampler":
     timing = time_sampler(workload, repeats)
   else:
-    timing = time_train_step(workload, repeats, conv_impl)
+    config = workload_config(workload, bool(first_order), conv_impl, remat)
+    timing = time_train_step(workload, config, repeats)
   return {
     "workload": workload.name,
     "algorithm": workload.algorithm,
-    "first_order": None,
+    "first_order": first_order,
     "dtype": "float32",
     "backend": jax.default_backend(),
     "devices": jax.device_count(),
     **timing,
     "episodes_per_second": workload.meta_batch_size / timing["step_seconds_median"],
     "peak_rss_mb": peak_rss_mb(),
+    **({"remat": remat} if workload.algorithm == "maml" else {}),
   }
 
 
 def main(argv):
   del argv
   for name in _WORKLOAD.value or list(WORKLOADS):
-    print(json.dumps(run(WORKLOADS[name], _REPEATS.value, _CONV_IMPL.value)), flush=True)
+    workload = WORKLOADS[name]
+    orders = [o == "first" for o in _ORDERS.value] if workload.algorithm == "maml" else [None]
+    for first_order in orders:
+      result = run(workload, _REPEATS.value, _CONV_IMPL.value, first_order, _REMAT.value)
+      print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +24,11 @@ class TrainState:
 
 
 def create_train_state(
-  model: nn.Module, tx: optax.GradientTransformation, example_images: jax.Array, seed: int
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  example_images: jax.Array,
+  seed: int,
+  init_params: Callable = lambda params: params,
 ) -> TrainState:
   """Initialises params and batch statistics from a batch shaped like the inputs.
 
@@ -32,10 +37,11 @@ def create_train_state(
     tx: the meta-optimiser.
     example_images: uint8 [B, H, W, C]; only its shape and dtype matter.
     seed: the run's seed; params use fold_in(seed, 0), the step rng fold_in(seed, 1).
+    init_params: model params -> the meta-learned params (the algorithm's).
   """
   root = jax.random.PRNGKey(seed)
   variables = model.init(jax.random.fold_in(root, 0), example_images, train=False)
-  params = variables["params"]
+  params = init_params(variables["params"])
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,

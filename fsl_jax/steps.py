@@ -2,7 +2,7 @@
 
 An algorithm supplies a pure per-episode loss
 
-    loss_fn(params, batch_stats, episode, rng, *, n_way, train)
+    loss_fn(params, batch_stats, episode, rng, *, n_way, train, step)
         -> (loss, (metrics, new_batch_stats))
 
 and these functions ``vmap`` it over a meta-batch of T episodes. The meta-loss is
@@ -29,10 +29,11 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: 
   per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
   """
 
-  def meta_loss(params, batch_stats, episodes: Episode, rngs):
-    per_episode = jax.vmap(
-      lambda episode, rng: loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True)
-    )
+  def meta_loss(params, batch_stats, episodes: Episode, rngs, step):
+    def one(episode, rng):
+      return loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True, step=step)
+
+    per_episode = jax.vmap(one)
     losses, (metrics, new_stats) = per_episode(episodes, rngs)
     mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
     return jnp.mean(losses), (mean(metrics), mean(new_stats))
@@ -41,7 +42,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: 
     meta_batch_size = episodes.query_labels.shape[0]
     rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch_size)
     grads, (metrics, batch_stats) = jax.grad(meta_loss, has_aux=True)(
-      state.params, state.batch_stats, episodes, rngs
+      state.params, state.batch_stats, episodes, rngs, state.step
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -63,7 +64,7 @@ def make_eval_step(loss_fn: Callable, n_way: int):
 
     def one(episode, rng):
       _, (metrics, _) = loss_fn(
-        state.params, state.batch_stats, episode, rng, n_way=n_way, train=False
+        state.params, state.batch_stats, episode, rng, n_way=n_way, train=False, step=state.step
       )
       return metrics
 

@@ -21,14 +21,13 @@ import optax
 from absl import logging
 
 from fsl_jax import sharding
-from fsl_jax.algorithms import make_loss
+from fsl_jax.algorithms import make_algorithm
 from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.data.datasets import load_dataset
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
 from fsl_jax.data.prefetch import prefetch
 from fsl_jax.evaluate import evaluate
 from fsl_jax.metrics import MetricsWriter, Progress, format_duration
-from fsl_jax.models import make_model
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_eval_step, make_train_step
 
@@ -77,10 +76,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   sharding.check_batch_divides(meta_batch_size, mesh, "config.train.meta_batch_size")
 
-  model = make_model(config.model)
+  model, algorithm = make_algorithm(config)
   tx = make_optimizer(config.optim, meta_batch_size)
   example = train_sampler.episode(0).support
-  state = create_train_state(model, tx, jnp.asarray(example), config.seed)
+  state = create_train_state(model, tx, jnp.asarray(example), config.seed, algorithm.init_params)
   state = jax.device_put(state, sharding.replicated(mesh))
 
   checkpoints = Checkpoints(workdir)
@@ -88,9 +87,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = checkpoints.restore(latest, state)
     logging.info("Resumed from %s at step %d.", checkpoints.directory, latest)
 
-  loss_fn = make_loss(config, model)
-  train_step = make_train_step(loss_fn, tx, config.train.n_way)
-  eval_step = make_eval_step(loss_fn, config.eval.n_way)
+  train_step = make_train_step(algorithm.loss, tx, config.train.n_way)
+  eval_step = make_eval_step(algorithm.loss, config.eval.n_way)
   writer = MetricsWriter(workdir, enabled=is_writer)
 
   def validate(current_state) -> dict:

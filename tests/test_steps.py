@@ -2,14 +2,13 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from fsl_jax.algorithms import make_loss
+from configs import common
+from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
-from fsl_jax.models.conv4 import Conv4
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_eval_step, make_train_step
 
@@ -22,11 +21,11 @@ def setup(meta_batch_size=4, seed=0):
     rng.integers(0, 256, (10, 6, 8, 8, 1), dtype=np.uint8), tuple(map(str, range(10)))
   )
   sampler = EpisodeSampler(data, EpisodeShape(N_WAY, 2, 2), seed=seed)
-  config = ml_collections.ConfigDict(
-    {"algorithm": "protonet", "protonet": {"distance": "euclidean", "cosine_scale": 10.0}}
-  )
-  model = Conv4(filters=4, num_blocks=2)
-  loss_fn = make_loss(config, model)
+  config = common.get_base_config()
+  config.protonet = {"distance": "euclidean", "cosine_scale": 10.0}
+  config.model.filters, config.model.num_blocks = 4, 2
+  model, algorithm = make_algorithm(config)
+  loss_fn = algorithm.loss
   tx = optax.sgd(0.1)
   episodes = sampler.episodes(0, meta_batch_size)
   state = create_train_state(model, tx, jnp.asarray(episodes.support[0]), seed=0)
@@ -40,9 +39,9 @@ def test_meta_batch_gradient_is_the_mean_of_per_episode_gradients():
   # With SGD(0.1), the update is -0.1 * grad: recover the grad the step used.
   used_grads = jax.tree.map(lambda new, old: (old - new) / 0.1, new_state.params, state.params)
   per_episode = [
-    jax.grad(lambda p, e=e: loss_fn(p, state.batch_stats, e, None, n_way=N_WAY, train=True)[0])(
-      state.params
-    )
+    jax.grad(
+      lambda p, e=e: loss_fn(p, state.batch_stats, e, None, n_way=N_WAY, train=True, step=0)[0]
+    )(state.params)
     for e in (jax.tree.map(lambda x, i=i: x[i], episodes) for i in range(4))
   ]
   mean_grads = jax.tree.map(lambda *g: sum(g) / len(g), *per_episode)

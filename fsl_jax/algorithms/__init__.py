@@ -1,31 +1,43 @@
 """Few-shot learning algorithms as pure losses over params pytrees.
 
-``make_loss(config, model)`` returns the algorithm's per-episode loss with the
-signature the train and eval steps expect:
+``make_algorithm(config)`` returns the model and an ``Algorithm``: the per-episode
+loss with the signature the train and eval steps expect,
 
-    loss(params, batch_stats, episode, rng, *, n_way, train)
-        -> (loss, (metrics, new_batch_stats))
+    loss(params, batch_stats, episode, rng, *, n_way, train, step)
+        -> (loss, (metrics, new_batch_stats)),
+
+and ``init_params``, which turns the model's params into the meta-learned params.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
 import ml_collections
 
-from fsl_jax.algorithms import protonet
+from fsl_jax.algorithms import maml, protonet
 from fsl_jax.errors import ConfigError
+from fsl_jax.models import make_model
 
-ALGORITHMS = ("protonet",)
+ALGORITHMS = ("protonet", "maml")
 
 
-def make_loss(config: ml_collections.ConfigDict, model: nn.Module) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  loss: Callable
+  init_params: Callable
+
+
+def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algorithm]:
+  """The model and algorithm that ``config`` describes."""
   if config.algorithm == "protonet":
+    model = make_model(config.model)
     settings = config.protonet
 
-    def loss(params, batch_stats, episode, rng, *, n_way, train):
-      del rng  # Prototypical Networks are deterministic.
+    def protonet_loss(params, batch_stats, episode, rng, *, n_way, train, step):
+      del rng, step  # Prototypical Networks are deterministic.
       return protonet.episode_loss(
         model,
         params,
@@ -37,5 +49,23 @@ def make_loss(config: ml_collections.ConfigDict, model: nn.Module) -> Callable:
         cosine_scale=settings.cosine_scale,
       )
 
-    return loss
+    return model, Algorithm(protonet_loss, lambda params: params)
+
+  if config.algorithm == "maml":
+    if config.eval.n_way != config.train.n_way:
+      raise ConfigError(
+        f"MAML's head has config.train.n_way = {config.train.n_way} outputs, so "
+        f"config.eval.n_way must be the same (got {config.eval.n_way})."
+      )
+    model = make_model(config.model, num_outputs=config.train.n_way)
+    settings = maml.MamlSettings(**config.maml.to_dict())
+
+    def maml_loss(params, batch_stats, episode, rng, *, n_way, train, step):
+      del rng, n_way  # Deterministic; n_way is fixed by the head.
+      return maml.episode_loss(
+        model, params, batch_stats, episode, settings=settings, train=train, step=step
+      )
+
+    return model, Algorithm(maml_loss, lambda params: maml.init_meta_params(params, settings))
+
   raise ConfigError(f"config.algorithm must be one of {ALGORITHMS}, got {config.algorithm!r}.")

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "im2col")
+DOWNSAMPLES = ("max_pool", "stride")
 
 # PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -41,27 +42,43 @@ def default_conv_impl(backend: str | None = None) -> str:
   return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
-def conv3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
-  """A 'SAME' 3x3 convolution, stride 1, no bias.
+def same_padding(size: int, stride: int) -> tuple[int, int]:
+  """TensorFlow's 'SAME' padding of a 3-wide window: output side ceil(size / stride)."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + 3 - size, 0)
+  return total // 2, total - total // 2
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.Array:
+  """A 'SAME' 3x3 convolution without bias.
 
   Args:
     x: [B, H, W, C_in].
     kernel: [3, 3, C_in, C_out].
     impl: "xla" or "im2col"; both compute the same function.
+    stride: 1, or 2 for the strided variant of Finn et al.'s Omniglot model.
 
   Returns:
-    [B, H, W, C_out], ``y[b,i,j,o] = sum_{dy,dx,c} x_pad[b,i+dy,j+dx,c] k[dy,dx,c,o]``.
+    [B, H', W', C_out] with H' = ceil(H / stride),
+    ``y[b,i,j,o] = sum_{dy,dx,c} x_pad[b, s*i+dy, s*j+dx, c] k[dy,dx,c,o]``.
   """
+  _, h, w, c_in = x.shape
+  pad_h, pad_w = same_padding(h, stride), same_padding(w, stride)
   if impl == "xla":
     return jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      x, kernel, (stride, stride), (pad_h, pad_w), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
   if impl == "im2col":
-    _, h, w, c_in = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h_out, w_out = -(-h // stride), -(-w // stride)
+    padded = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
     # Channel index (dy*3 + dx)*C_in + c matches kernel.reshape(9*C_in, C_out).
     patches = jnp.concatenate(
-      [padded[:, dy : dy + h, dx : dx + w, :] for dy in range(3) for dx in range(3)], axis=-1
+      [
+        padded[:, dy : dy + stride * h_out : stride, dx : dx + stride * w_out : stride, :]
+        for dy in range(3)
+        for dx in range(3)
+      ],
+      axis=-1,
     )
     return patches @ kernel.reshape(9 * c_in, kernel.shape[-1])
   raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
@@ -91,11 +108,12 @@ class Conv3x3(nn.Module):
 
   features: int
   impl: str
+  stride: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", torch_default_init, (3, 3, x.shape[-1], self.features))
-    return conv3x3(x, kernel, self.impl)
+    return conv3x3(x, kernel, self.impl, self.stride)
 
 
 class Conv4(nn.Module):
@@ -105,7 +123,10 @@ class Conv4(nn.Module):
     filters: F, channels of every conv (64 in Snell/Vinyals, 32 for MAML on miniImageNet).
     conv_impl: "xla" or "im2col" (see module docstring).
     pixel_mean, pixel_std: per-channel normalisation of x/255, applied on device.
-    num_outputs: if set, a linear head of this many outputs (MAML's n_way logits).
+    num_outputs: if set, a linear head ("head") of this many outputs (MAML's logits).
+    downsample: "max_pool" (2x2 max-pool after each block, as Snell, Vinyals and the
+      reference MAML code) or "stride" (stride-2 convs and a final spatial mean, as
+      Finn et al.'s original Omniglot model).
   """
 
   filters: int = 64
@@ -114,16 +135,24 @@ class Conv4(nn.Module):
   pixel_std: Sequence[float] = (1.0,)
   num_outputs: int | None = None
   num_blocks: int = 4
+  downsample: str = "max_pool"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    x = images.astype(jnp.float32) / 255.0
+    # The default float type: float32, or float64 under jax.enable_x64 (for exact tests).
+    x = images.astype(jnp.result_type(float)) / 255.0
     x = (x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
+    if self.downsample not in DOWNSAMPLES:
+      raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
+    strided = self.downsample == "stride"
     for _ in range(self.num_blocks):
-      x = Conv3x3(self.filters, self.conv_impl)(x)
+      x = Conv3x3(self.filters, self.conv_impl, stride=2 if strided else 1)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
-      x = max_pool_2x2(nn.relu(x))
-    x = x.reshape(x.shape[0], -1)  # [B, F * h * w]
+      x = nn.relu(x)
+      if not strided:
+        x = max_pool_2x2(x)
+    # [B, F] after a spatial mean (strided), else [B, F * h * w].
+    x = x.mean(axis=(1, 2)) if strided else x.reshape(x.shape[0], -1)
     if self.num_outputs is not None:
-      x = nn.Dense(self.num_outputs)(x)
+      x = nn.Dense(self.num_outputs, name="head")(x)
     return x
