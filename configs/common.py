@@ -80,3 +80,54 @@ def make_quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.eval.test_episodes = 20
   config.eval.batch_size = 10
   return config
+
+
+def set_maml(
+  config: ml_collections.ConfigDict,
+  *,
+  inner_lr: float,
+  inner_steps: int,
+  test_inner_steps: int,
+  meta_batch_size: int,
+) -> ml_collections.ConfigDict:
+  """MAML settings (Finn et al. 2017) with the extensions switched off.
+
+  Switches: first_order; remat (jax.checkpoint each inner step); meta_sgd (learnt
+  per-parameter inner rates, Li et al. 2017); anil (adapt only the head, Raghu et
+  al. 2020); multi_step_loss (MAML++, Antoniou et al. 2019).
+  """
+  config.algorithm = "maml"
+  config.maml = ml_collections.ConfigDict(
+    dict(
+      inner_lr=inner_lr,
+      inner_steps=inner_steps,
+      test_inner_steps=test_inner_steps,
+      first_order=False,
+      remat=False,
+      meta_sgd=False,
+      anil=False,
+      multi_step_loss=False,
+      msl_anneal_steps=10_000,
+    )
+  )
+  config.train.meta_batch_size = meta_batch_size
+  config.optim.decay_rate = 1.0  # Finn et al.: a constant meta learning rate.
+  config.train.num_steps = 60_000
+  config.train.log_every = 100
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 1000
+  config.eval.val_episodes = 200
+  config.eval.batch_size = 20
+  return config
+
+
+def set_mini_imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """84x84 RGB miniImageNet with the Ravi & Larochelle split, normalised on device."""
+  config.data.dataset = "mini_imagenet"
+  config.data.split = "ravi"
+  config.data.image_size = 84
+  config.data.train_rotations = (0,)
+  config.data.eval_rotations = (0,)
+  config.model.pixel_mean = (0.485, 0.456, 0.406)
+  config.model.pixel_std = (0.229, 0.224, 0.225)
+  return config

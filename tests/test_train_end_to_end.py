@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import proto_omniglot5w1s
+from configs import maml_omniglot5w1s, proto_omniglot5w1s
 from fsl_jax import train
 from fsl_jax.checkpointing import Checkpoints
 
@@ -24,15 +24,56 @@ def quick_config(data_dir, manual_dir, num_steps):
   return config
 
 
+def run_recording_steps(config, workdir):
+  """train_and_evaluate, also returning the jitted train and eval step functions it made."""
+  made = {}
+
+  def recorder(name, make):
+    def wrapped(*args, **kwargs):
+      made[name] = make(*args, **kwargs)
+      return made[name]
+
+    return wrapped
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train, "make_train_step", recorder("train", train.make_train_step))
+    patch.setattr(train, "make_eval_step", recorder("eval", train.make_eval_step))
+    results = train.train_and_evaluate(config, str(workdir))
+  return results, made
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
   workdir = tmp_path_factory.mktemp("full_run")
   config = quick_config(omniglot_small_data_dir, omniglot_manual_dir, num_steps=6)
-  return workdir, train.train_and_evaluate(config, str(workdir))
+  results, steps = run_recording_steps(config, workdir)
+  return workdir, results, steps
+
+
+def test_each_step_function_compiled_exactly_once(full_run):
+  _, _, steps = full_run
+  # 6 train steps; val twice and test once, in batches of 10 episodes.
+  assert steps["train"]._cache_size() == 1
+  assert steps["eval"]._cache_size() == 1
+
+
+def test_maml_end_to_end_with_one_compile_per_step_function(
+  tmp_path, omniglot_small_data_dir, omniglot_manual_dir
+):
+  config = maml_omniglot5w1s.get_config("quick")
+  config.data.split = "small"
+  config.data.data_dir = str(omniglot_small_data_dir)
+  config.data.manual_dir = str(omniglot_manual_dir)
+  results, steps = run_recording_steps(config, tmp_path)
+  assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1
+  test = results["test"]
+  assert (test["n_way"], test["k_shot"], test["episodes"]) == (5, 1, 20)
+  assert 0.0 <= test["accuracy"] <= 1.0
+  assert results["config"]["maml"]["test_inner_steps"] == 3
 
 
 def test_results_json_schema_and_values(full_run):
-  workdir, results = full_run
+  workdir, results, _ = full_run
   on_disk = json.loads((workdir / "results.json").read_text())
   assert on_disk == json.loads(json.dumps(results))
   test = results["test"]
@@ -43,7 +84,7 @@ def test_results_json_schema_and_values(full_run):
 
 
 def test_the_checkpoint_tested_is_the_best_on_validation(full_run):
-  workdir, results = full_run
+  workdir, results, _ = full_run
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   val_rows = [r for r in rows if r["split"] == "val"]
   assert [r["step"] for r in val_rows] == [3, 6]
@@ -56,7 +97,7 @@ def test_the_checkpoint_tested_is_the_best_on_validation(full_run):
 def test_a_resumed_run_ends_with_bitwise_identical_params(
   full_run, tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
-  full_workdir, _ = full_run
+  full_workdir, _, _ = full_run
   train.train_and_evaluate(
     quick_config(omniglot_small_data_dir, omniglot_manual_dir, num_steps=3), str(tmp_path)
   )
@@ -104,4 +145,12 @@ def test_cli_names_the_fix_for_a_wrong_manual_dir(tmp_path):
   )
   assert result.returncode == 2
   assert "is not a folder" in result.stderr and "--config.data.manual_dir" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_cli_says_which_files_to_supply_for_mini_imagenet(tmp_path):
+  result = run_main("--config=configs/maml_mini5w5s.py", f"--workdir={tmp_path}")
+  assert result.returncode == 2
+  for name in ("train.csv", "val.csv", "test.csv", "images/", "--config.data.manual_dir"):
+    assert name in result.stderr
   assert "Traceback" not in result.stderr

@@ -23,8 +23,10 @@ def load_dataset(data: ml_collections.ConfigDict) -> dict[str, ClassImages]:
     )
   if data.dataset == "mini_imagenet":
     raise DataError(
-      "miniImageNet cannot be downloaded automatically and its builder is not part of "
-      "this release yet. It will read train.csv/val.csv/test.csv plus images/*.jpg "
-      "(Ravi & Larochelle) from --config.data.manual_dir."
+      "miniImageNet cannot be downloaded: its images come from ImageNet, and this "
+      "release cannot read them yet (the miniImageNet builder is planned). It will read, "
+      "from --config.data.manual_dir=FOLDER, Ravi & Larochelle's FOLDER/train.csv, "
+      "FOLDER/val.csv and FOLDER/test.csv (header 'filename,label') with the JPEGs in "
+      "FOLDER/images/. Until then, train on Omniglot (configs/*omniglot*.py)."
     )
   raise ConfigError(f"config.data.dataset must be one of {DATASETS}, got {data.dataset!r}.")

@@ -1,0 +1,32 @@
+"""MAML, miniImageNet 5-way 1-shot, with Finn et al. (2017)'s settings.
+
+conv-4 with 32 filters; meta-batch 4, 5 inner steps with inner lr 0.01 in training,
+10 at test; 15 queries per class; Adam meta lr 1e-3; 600 test episodes with 95% CI.
+Second order by default; first order with --config.maml.first_order=True.
+
+miniImageNet cannot be downloaded: supply your copy with
+--config.data.manual_dir=FOLDER (the error message says which files).
+
+Run:
+  python -m fsl_jax.main --config=configs/maml_mini5w1s.py --workdir=runs/maml_mini5w1s \
+    --config.data.manual_dir=FOLDER
+
+Quick check (seconds): add ':quick' after the file name.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  words = common.parse_arg(arg)
+  config = common.get_base_config()
+  common.set_mini_imagenet(config)
+  common.set_maml(config, inner_lr=0.01, inner_steps=5, test_inner_steps=10, meta_batch_size=4)
+  config.model.filters = 32
+  for section in (config.train, config.eval):
+    section.n_way, section.k_shot, section.n_query = 5, 1, 15
+  config.eval.test_episodes = 600
+  if "quick" in words:
+    common.make_quick(config)
+    config.train.meta_batch_size = 2
+  return config

@@ -1,0 +1,34 @@
+"""MAML, Omniglot 5-way 1-shot, with Finn et al. (2017)'s settings.
+
+Meta-batch 32, 1 inner step(s) with inner lr 0.4, Adam meta lr 1e-3; 1 query per class
+in training (as Finn et al.); 3 inner steps and 15 queries per class at test,
+1000 test episodes with 95% CI. Second order by default; first order with
+--config.maml.first_order=True. Finn's strided conv-4 with
+--config.model.downsample=stride (default: max-pool, as the reference PyTorch code).
+
+Run:
+  python -m fsl_jax.main --config=configs/maml_omniglot5w1s.py --workdir=runs/maml_omniglot5w1s
+
+Offline, on the two minimal zips in FOLDER:
+  python -m fsl_jax.main --config=configs/maml_omniglot5w1s.py --workdir=runs/maml_omniglot5w1s \
+    --config.data.split=small --config.data.manual_dir=FOLDER
+
+Quick check (seconds): add ':quick' after the file name.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  words = common.parse_arg(arg)
+  config = common.get_base_config()
+  common.set_maml(config, inner_lr=0.4, inner_steps=1, test_inner_steps=3, meta_batch_size=32)
+  for section in (config.train, config.eval):
+    section.n_way, section.k_shot = 5, 1
+  config.train.n_query = 1
+  config.eval.n_query = 15
+  config.eval.test_episodes = 1000
+  if "quick" in words:
+    common.make_quick(config)
+    config.train.meta_batch_size = 4
+  return config
