@@ -95,6 +95,9 @@ _ORDERS = flags.DEFINE_multi_enum(
   "order", ["first", "second"], ["first", "second"], "MAML orders to run."
 )
 _REMAT = flags.DEFINE_bool("remat", False, "MAML: jax.checkpoint each inner step.")
+_INNER_STEPS = flags.DEFINE_integer(
+  "inner_steps", None, "MAML: override the workload's number of inner steps (memory studies)."
+)
 
 
 def workload_config(
@@ -203,7 +206,9 @@ def run(workload: Workload, repeats: int, conv_impl: str, first_order=None, rema
     **timing,
     "episodes_per_second": workload.meta_batch_size / timing["step_seconds_median"],
     "peak_rss_mb": peak_rss_mb(),
-    **({"remat": remat} if workload.algorithm == "maml" else {}),
+    **(
+      {"remat": remat, "inner_steps": workload.inner_steps} if workload.algorithm == "maml" else {}
+    ),
   }
 
 
@@ -211,6 +216,8 @@ def main(argv):
   del argv
   for name in _WORKLOAD.value or list(WORKLOADS):
     workload = WORKLOADS[name]
+    if _INNER_STEPS.value is not None and workload.algorithm == "maml":
+      workload = dataclasses.replace(workload, inner_steps=_INNER_STEPS.value)
     orders = [o == "first" for o in _ORDERS.value] if workload.algorithm == "maml" else [None]
     for first_order in orders:
       result = run(workload, _REPEATS.value, _CONV_IMPL.value, first_order, _REMAT.value)
