@@ -151,8 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.eval.batch_size,
       mesh,
     )
-  results["test_step"] = int(jax.device_get(state.step))
-  results["train_seconds"] = time.perf_counter() - started
+  # The step of the params tested: the best on validation, else the last.
+  results["checkpoint_step"] = int(jax.device_get(state.step))
+  results["wall_seconds"] = time.perf_counter() - started  # Data, training and evaluation.
   results["config"] = config.to_dict()
   checkpoints.close()
   writer.close()
@@ -168,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         100 * test["accuracy"],
         100 * test["ci95"],
         test["episodes"],
-        results["test_step"],
-        format_duration(results["train_seconds"]),
+        results["checkpoint_step"],
+        format_duration(results["wall_seconds"]),
       )
   return results

@@ -89,7 +89,7 @@ def test_the_checkpoint_tested_is_the_best_on_validation(full_run):
   val_rows = [r for r in rows if r["split"] == "val"]
   assert [r["step"] for r in val_rows] == [3, 6]
   best = max(val_rows, key=lambda r: r["accuracy"])  # First of equals wins, as in Orbax.
-  assert results["val"]["step"] == best["step"] == results["test_step"]
+  assert results["val"]["step"] == best["step"] == results["checkpoint_step"]
   assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
