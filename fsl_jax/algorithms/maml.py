@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -165,6 +166,8 @@ def episode_loss(
     (loss, (metrics, batch_stats)); metrics = {"loss", "accuracy"} on the query
     set after the last inner step.
   """
+
+  chex.assert_rank([episode.support, episode.query], 4)  # [N*K | N*Q, H, W, C]
 
   def logits(params, images):
     variables = {"params": params, "batch_stats": batch_stats}

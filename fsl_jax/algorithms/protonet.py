@@ -18,6 +18,7 @@ uses its running averages.
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,8 @@ def query_logits(
   cosine_scale: float = 10.0,
 ) -> jax.Array:
   """Logits [N*Q, N] of queries [N*Q, D] against prototypes of support [N*K, D]."""
+  chex.assert_rank([support, support_labels, query], [2, 1, 2])
+  chex.assert_equal_shape_prefix([support, support_labels], 1)
   return similarity_logits(
     query, prototypes(support, support_labels, n_way), distance, cosine_scale
   )

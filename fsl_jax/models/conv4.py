@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -139,6 +140,7 @@ class Conv4(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    chex.assert_rank(images, 4)  # [B, H, W, C]
     # The default float type: float32, or float64 under jax.enable_x64 (for exact tests).
     x = images.astype(jnp.result_type(float)) / 255.0
     x = (x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
