@@ -17,8 +17,10 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from fsl_jax import sharding
 from fsl_jax.algorithms import make_algorithm
@@ -57,6 +59,12 @@ def write_json_atomically(path: str, payload: dict) -> None:
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=2)
   os.replace(tmp, path)
+
+
+def out_of_time(started: float, budget_seconds: float) -> bool:
+  """Whether the budget is spent, decided by process 0 so all processes stop together."""
+  spent = np.asarray(time.perf_counter() - started > budget_seconds)
+  return bool(multihost_utils.broadcast_one_to_all(spent))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -112,29 +120,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_steps = config.train.num_steps
   start = int(jax.device_get(state.step))
   progress = Progress(num_steps, start, meta_batch_size)
+  budget = 60.0 * config.train.max_minutes
   window_sum, window_count = None, 0
   batches = prefetch(produce, range(start, num_steps))
   for step, batch in zip(range(start + 1, num_steps + 1), batches, strict=True):
     state, metrics = train_step(state, batch)
     window_sum = metrics if window_sum is None else jax.tree.map(jnp.add, window_sum, metrics)
     window_count += 1
-    if step % config.train.log_every == 0 or step == num_steps:
+    last = step == num_steps
+    if step % config.train.log_every == 0 or last:
       means = {k: float(v) / window_count for k, v in jax.device_get(window_sum).items()}
       window_sum, window_count = None, 0
       writer.write(step, "train", means)
       if is_writer:
         logging.info("%s", progress.line(step, means))
-    validate_now = "val" in eval_samplers and (
-      step % config.train.eval_every == 0 or step == num_steps
-    )
-    if validate_now:
+      if budget > 0 and not last and out_of_time(started, budget):
+        logging.info("Stopping at step %d: config.train.max_minutes is spent.", step)
+        last = True
+    if "val" in eval_samplers and (step % config.train.eval_every == 0 or last):
       result = validate(state)
       writer.write(step, "val", {"accuracy": result["accuracy"], "loss": result["loss"]})
       if is_writer:
         logging.info("step %d val accuracy %.4f +- %.4f", step, result["accuracy"], result["ci95"])
       checkpoints.save(state, val_accuracy=result["accuracy"])
-    elif step % config.train.checkpoint_every == 0 or step == num_steps:
+    elif step % config.train.checkpoint_every == 0 or last:
       checkpoints.save(state)
+    if last:
+      break
+  batches.close()
   checkpoints.save(state)  # No-op unless the loop ran no step (a finished run resumed).
 
   results = {}

@@ -154,3 +154,15 @@ def test_cli_says_which_files_to_supply_for_mini_imagenet(tmp_path):
   for name in ("train.csv", "val.csv", "test.csv", "images/", "--config.data.manual_dir"):
     assert name in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_max_minutes_stops_training_then_validates_and_tests(
+  tmp_path, omniglot_small_data_dir, omniglot_manual_dir
+):
+  config = quick_config(omniglot_small_data_dir, omniglot_manual_dir, num_steps=1000)
+  config.train.max_minutes = 1e-6  # Spent by the first check, at step log_every = 2.
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["checkpoint_step"] == 2
+  assert results["val"]["step"] == 2 and results["test"]["episodes"] == 20
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["split"]) for r in rows] == [(2, "train"), (2, "val")]
