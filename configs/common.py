@@ -134,3 +134,68 @@ def set_mini_imagenet(config: ml_collections.ConfigDict) -> ml_collections.Confi
   config.model.pixel_mean = (0.485, 0.456, 0.406)
   config.model.pixel_std = (0.229, 0.224, 0.225)
   return config
+
+
+def proto_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """Prototypical Networks on Omniglot with Snell et al. (2017)'s settings.
+
+  Training: 60-way k_shot episodes with 5 queries per class; Adam at 1e-3, halved
+  every 2000 episodes. Test: n_way k_shot with 15 queries, 1000 episodes.
+  """
+  words = parse_arg(arg)
+  config = get_base_config()
+  config.algorithm = "protonet"
+  config.protonet = dict(distance="euclidean", cosine_scale=10.0)
+  config.train.n_way, config.train.k_shot, config.train.n_query = 60, k_shot, 5
+  config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
+  config.eval.test_episodes = 1000
+  return make_quick(config) if "quick" in words else config
+
+
+def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """MAML on Omniglot with Finn et al. (2017)'s settings.
+
+  5-way: meta-batch 32, 1 inner step, inner lr 0.4. 20-way: meta-batch 16, 5
+  inner steps, inner lr 0.1. k_shot queries per class in training (as Finn et
+  al.); 3 inner steps and 15 queries per class at test, 1000 test episodes.
+  """
+  words = parse_arg(arg)
+  config = get_base_config()
+  five_way = n_way == 5
+  set_maml(
+    config,
+    inner_lr=0.4 if five_way else 0.1,
+    inner_steps=1 if five_way else 5,
+    test_inner_steps=3,
+    meta_batch_size=32 if five_way else 16,
+  )
+  config.train.n_way, config.train.k_shot, config.train.n_query = n_way, k_shot, k_shot
+  config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
+  config.eval.test_episodes = 1000
+  if "quick" in words:
+    make_quick(config)
+    config.train.meta_batch_size = 4
+  return config
+
+
+def maml_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """MAML on miniImageNet, 5-way, with Finn et al. (2017)'s settings.
+
+  conv-4 with 32 filters; meta-batch 4 (2 for 5-shot); 5 inner steps with inner
+  lr 0.01 in training, 10 at test; 15 queries per class; 600 test episodes.
+  """
+  words = parse_arg(arg)
+  config = get_base_config()
+  set_mini_imagenet(config)
+  meta_batch_size = 4 if k_shot == 1 else 2
+  set_maml(
+    config, inner_lr=0.01, inner_steps=5, test_inner_steps=10, meta_batch_size=meta_batch_size
+  )
+  config.model.filters = 32
+  for section in (config.train, config.eval):
+    section.n_way, section.k_shot, section.n_query = 5, k_shot, 15
+  config.eval.test_episodes = 600
+  if "quick" in words:
+    make_quick(config)
+    config.train.meta_batch_size = 2
+  return config

@@ -18,15 +18,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  words = common.parse_arg(arg)
-  config = common.get_base_config()
-  common.set_mini_imagenet(config)
-  common.set_maml(config, inner_lr=0.01, inner_steps=5, test_inner_steps=10, meta_batch_size=4)
-  config.model.filters = 32
-  for section in (config.train, config.eval):
-    section.n_way, section.k_shot, section.n_query = 5, 1, 15
-  config.eval.test_episodes = 600
-  if "quick" in words:
-    common.make_quick(config)
-    config.train.meta_batch_size = 2
-  return config
+  return common.maml_mini(k_shot=1, arg=arg)

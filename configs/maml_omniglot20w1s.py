@@ -20,15 +20,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  words = common.parse_arg(arg)
-  config = common.get_base_config()
-  common.set_maml(config, inner_lr=0.1, inner_steps=5, test_inner_steps=3, meta_batch_size=16)
-  for section in (config.train, config.eval):
-    section.n_way, section.k_shot = 20, 1
-  config.train.n_query = 1
-  config.eval.n_query = 15
-  config.eval.test_episodes = 1000
-  if "quick" in words:
-    common.make_quick(config)
-    config.train.meta_batch_size = 4
-  return config
+  return common.maml_omniglot(n_way=20, k_shot=1, arg=arg)

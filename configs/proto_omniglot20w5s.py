@@ -17,17 +17,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  words = common.parse_arg(arg)
-  config = common.get_base_config()
-  config.algorithm = "protonet"
-  config.protonet = dict(distance="euclidean", cosine_scale=10.0)
-  config.train.n_way = 60
-  config.train.k_shot = 5
-  config.train.n_query = 5
-  config.eval.n_way = 20
-  config.eval.k_shot = 5
-  config.eval.n_query = 15
-  config.eval.test_episodes = 1000
-  if "quick" in words:
-    common.make_quick(config)
-  return config
+  return common.proto_omniglot(n_way=20, k_shot=5, arg=arg)

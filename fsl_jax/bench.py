@@ -116,18 +116,18 @@ def workload_config(
     section.k_shot = workload.shape.k_shot
     section.n_query = workload.shape.n_query
   config.train.meta_batch_size = workload.meta_batch_size
-  config.protonet = dict(distance="euclidean", cosine_scale=10.0)
-  config.maml = dict(
-    inner_lr=workload.inner_lr,
-    inner_steps=workload.inner_steps,
-    test_inner_steps=workload.inner_steps,
-    first_order=first_order,
-    remat=remat,
-    meta_sgd=False,
-    anil=False,
-    multi_step_loss=False,
-    msl_anneal_steps=1,
-  )
+  if workload.algorithm == "protonet":
+    config.protonet = dict(distance="euclidean", cosine_scale=10.0)
+  if workload.algorithm == "maml":
+    common.set_maml(
+      config,
+      inner_lr=workload.inner_lr,
+      inner_steps=workload.inner_steps,
+      test_inner_steps=workload.inner_steps,
+      meta_batch_size=workload.meta_batch_size,
+    )
+    config.maml.first_order = first_order
+    config.maml.remat = remat
   return config
 
 
