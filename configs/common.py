@@ -44,8 +44,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.log_every = 100
   config.train.eval_every = 1000
   config.train.checkpoint_every = 1000
-  # Stop training after this many minutes since the run started (0: no limit);
-  # the run then validates, checkpoints and tests as if num_steps were reached.
+  # Stop training after this many minutes since the run started (0: no limit),
+  # checked every log_every steps; the run then validates, checkpoints and tests
+  # as if num_steps were reached.
   config.train.max_minutes = 0.0
 
   config.eval = ml_collections.ConfigDict()
