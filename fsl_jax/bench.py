@@ -186,6 +186,8 @@ def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repea
     "gflop_per_step": flops / 1e9,
     "gflops_per_second": flops / 1e9 / statistics.median(times),
     "device_peak_bytes": memory.get("peak_bytes_in_use"),
+    # XLA's own estimate of the step's scratch memory, on every backend.
+    "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
     "conv_impl": model.conv_impl,
   }
 
