@@ -90,3 +90,24 @@ def test_jit_grad_under_vmap_equals_eager_grad(impl):
   eager = jax.grad(loss)(variables["params"])
   jitted = jax.jit(jax.grad(loss))(variables["params"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3), eager, jitted)
+
+
+def test_make_model_honours_every_config_model_field():
+  from configs import common
+  from fsl_jax.models import make_model
+
+  config = common.get_base_config().model
+  config.filters, config.conv_impl, config.num_blocks, config.downsample = 5, "xla", 2, "stride"
+  config.pixel_mean, config.pixel_std = (0.5,), (0.25,)
+  model = make_model(config, num_outputs=3)
+  assert (model.filters, model.conv_impl, model.num_blocks, model.downsample) == (
+    5,
+    "xla",
+    2,
+    "stride",
+  )
+  assert (tuple(model.pixel_mean), tuple(model.pixel_std), model.num_outputs) == (
+    (0.5,),
+    (0.25,),
+    3,
+  )
