@@ -67,12 +67,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def parse_arg(arg: str | None) -> set[str]:
-  """'quick' -> {'quick'}; None -> set(). Unknown words are an error."""
+def parse_arg(arg: str | None, allowed: tuple[str, ...] = ("quick",)) -> set[str]:
+  """'quick,fce' -> {'quick', 'fce'}; None -> set(). Words not in ``allowed`` are an error."""
   words = set(filter(None, (arg or "").split(",")))
-  unknown = words - {"quick"}
+  unknown = words - set(allowed)
   if unknown:
-    raise ValueError(f"unknown config argument(s) {sorted(unknown)}; the only one is 'quick'.")
+    raise ValueError(
+      f"unknown config argument(s) {sorted(unknown)}; this config takes {sorted(allowed)}."
+    )
   return words
 
 
@@ -201,3 +203,41 @@ def maml_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
     make_quick(config)
     config.train.meta_batch_size = 2
   return config
+
+
+MATCHING_WORDS = ("quick", "cosine", "euclidean", "fce", "no_fce")
+
+
+def matching(dataset: str, n_way: int, k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """Matching Networks (Vinyals et al. 2016) on "omniglot" or "mini_imagenet".
+
+  Training and test episodes have the same N-way K-shot shape, with 15 queries per
+  class; Adam at 1e-3, halved every 2000 episodes. Similarity: cosine scaled by
+  ``cosine_scale`` (see fsl_jax/algorithms/matching.py for why the scale matters),
+  or negative squared Euclidean. Full Context Embeddings are on for miniImageNet
+  and off for Omniglot, as in the paper. ``arg`` words: quick, cosine, euclidean,
+  fce, no_fce (e.g. ``:euclidean,fce``); ``--config.matching.*`` overrides work too.
+  """
+  words = parse_arg(arg, MATCHING_WORDS)
+  if {"cosine", "euclidean"} <= words or {"fce", "no_fce"} <= words:
+    raise ValueError(f"contradictory config arguments {sorted(words)}.")
+  config = get_base_config()
+  if dataset == "mini_imagenet":
+    set_mini_imagenet(config)
+    config.eval.test_episodes = 600
+    config.train.num_steps = 40_000
+  else:
+    config.eval.test_episodes = 1000
+  config.algorithm = "matching"
+  config.matching = ml_collections.ConfigDict(
+    dict(
+      distance="euclidean" if "euclidean" in words else "cosine",
+      cosine_scale=10.0,
+      fce=("fce" in words) or (dataset == "mini_imagenet" and "no_fce" not in words),
+      lstm_layers=1,
+      unrolling_steps=2,
+    )
+  )
+  for section in (config.train, config.eval):
+    section.n_way, section.k_shot, section.n_query = n_way, k_shot, 15
+  return make_quick(config) if "quick" in words else config

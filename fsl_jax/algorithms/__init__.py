@@ -17,11 +17,13 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
-from fsl_jax.algorithms import maml, protonet
+from fsl_jax.algorithms import maml, matching, protonet
 from fsl_jax.errors import ConfigError
 from fsl_jax.models import make_model
+from fsl_jax.models.fce import MatchingEmbedding
 
-ALGORITHMS = ("protonet", "maml")
+DISTANCES = ("cosine", "euclidean")
+ALGORITHMS = ("protonet", "matching", "maml")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,39 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
       )
 
     return model, Algorithm(protonet_loss, lambda params: params)
+
+  if config.algorithm == "matching":
+    settings = config.matching
+    if settings.distance not in DISTANCES:
+      raise ConfigError(
+        f"config.matching.distance must be one of {DISTANCES}, got {settings.distance!r}."
+      )
+    if settings.fce and min(settings.lstm_layers, settings.unrolling_steps) < 1:
+      raise ConfigError(
+        "With config.matching.fce, lstm_layers and unrolling_steps must be >= 1, got "
+        f"{settings.lstm_layers} and {settings.unrolling_steps}."
+      )
+    model = MatchingEmbedding(
+      make_model(config.model),
+      fce=settings.fce,
+      lstm_layers=settings.lstm_layers,
+      unrolling_steps=settings.unrolling_steps,
+    )
+
+    def matching_loss(params, batch_stats, episode, rng, *, n_way, train, step):
+      del rng, step  # Matching Networks are deterministic.
+      return matching.episode_loss(
+        model,
+        params,
+        batch_stats,
+        episode,
+        n_way=n_way,
+        train=train,
+        distance=settings.distance,
+        cosine_scale=settings.cosine_scale,
+      )
+
+    return model, Algorithm(matching_loss, lambda params: params)
 
   if config.algorithm == "maml":
     if config.eval.n_way != config.train.n_way:
