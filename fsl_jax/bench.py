@@ -36,7 +36,7 @@ class Workload:
   """A benchmark: episode shape and data shape as in the reference code's settings."""
 
   name: str
-  algorithm: str  # "protonet", "maml" or "sampler".
+  algorithm: str  # "protonet", "matching", "maml" or "sampler".
   classes: int  # Classes in the synthetic dataset, as in the real training split.
   image_shape: tuple[int, int, int]
   shape: EpisodeShape
@@ -45,6 +45,7 @@ class Workload:
   inner_lr: float = 0.0
   filters: int = 64
   images_per_class: int = 20
+  fce: bool = False  # Matching Networks' Full Context Embeddings.
 
 
 OMNIGLOT = dict(classes=4112, image_shape=(28, 28, 1))
@@ -53,6 +54,8 @@ WORKLOADS = {
   w.name: w
   for w in [
     Workload("proto_omniglot_60w1s", "protonet", shape=EpisodeShape(60, 1, 5), **OMNIGLOT),
+    Workload("matching_omniglot_5w1s", "matching", shape=EpisodeShape(5, 1, 15), **OMNIGLOT),
+    Workload("matching_mini_5w1s_fce", "matching", shape=EpisodeShape(5, 1, 15), fce=True, **MINI),
     Workload(
       "maml_omniglot_5w1s",
       "maml",
@@ -118,6 +121,8 @@ def workload_config(
   config.train.meta_batch_size = workload.meta_batch_size
   if workload.algorithm == "protonet":
     config.protonet = dict(distance="euclidean", cosine_scale=10.0)
+  if workload.algorithm == "matching":
+    config.matching = common.matching("omniglot", 5, 1, "fce" if workload.fce else None).matching
   if workload.algorithm == "maml":
     common.set_maml(
       config,
@@ -188,7 +193,7 @@ def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repea
     "device_peak_bytes": memory.get("peak_bytes_in_use"),
     # XLA's own estimate of the step's scratch memory, on every backend.
     "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
-    "conv_impl": model.conv_impl,
+    "conv_impl": getattr(model, "backbone", model).conv_impl,
   }
 
 
