@@ -45,7 +45,7 @@ def font(size: int = 14) -> ImageFont.ImageFont:
   return ImageFont.load_default(size=size)
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
   """About ``count`` round tick values covering [low, high]: steps of 1, 2 or 5 x 10^k."""
   if not math.isfinite(low) or not math.isfinite(high):
     raise ValueError(f"tick range must be finite, got [{low}, {high}]")

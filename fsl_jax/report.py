@@ -30,12 +30,6 @@ from fsl_jax import plots, published
 from fsl_jax.errors import FslError
 from fsl_jax.metrics import format_duration
 
-_OUT = flags.DEFINE_string("out", None, "Folder for the outputs (default: the first DIR).")
-_EPISODES_FROM = flags.DEFINE_string(
-  "episodes_from", None, "Workdir whose best checkpoint draws episodes.png (default: first)."
-)
-_EPISODES = flags.DEFINE_bool("episodes", True, "Draw episodes.png (restores a checkpoint).")
-
 MAX_QUERY_ROWS = 3  # Query images shown per class in episodes.png.
 MAX_CLASSES = 20
 
@@ -290,8 +284,9 @@ def write_report(
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs ~30 lines per restore.
+  f = flags.FLAGS
   try:
-    paths = write_report(argv[1:], _OUT.value, _EPISODES_FROM.value, _EPISODES.value)
+    paths = write_report(argv[1:], f.out, f.episodes_from, f.episodes)
   except FslError as e:
     raise SystemExit(f"error: {e}") from e
   for path in paths.values():
@@ -299,4 +294,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script, so importing this module adds no flags.
+  flags.DEFINE_string("out", None, "Folder for the outputs (default: the first DIR).")
+  flags.DEFINE_string(
+    "episodes_from", None, "Workdir whose best checkpoint draws episodes.png (default: first)."
+  )
+  flags.DEFINE_bool("episodes", True, "Draw episodes.png (restores a checkpoint).")
   app.run(main)

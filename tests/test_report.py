@@ -130,11 +130,15 @@ def test_episode_grid_marks_right_and_wrong_predictions(tmp_path):
   assert captions["colors"][1] == [plots.GREEN, plots.RED]
 
 
-def test_ticks_enclose_the_data():
-  assert plots.nice_ticks(0.27, 1.45) == [0.0, 0.5, 1.0, 1.5]
+@pytest.mark.parametrize("low, high", [(0.27, 1.45), (0, 800), (83.8, 96.4), (-6, 6), (3, 3)])
+def test_ticks_are_round_and_enclose_the_data(low, high):
+  ticks = plots.nice_ticks(low, high)
+  assert ticks[0] <= low and ticks[-1] >= high and 2 <= len(ticks) <= 9
+  step = ticks[1] - ticks[0]
+  mantissa = step / 10 ** np.floor(np.log10(step))
+  assert min(abs(mantissa - m) for m in (1, 2, 5)) < 1e-6
+  np.testing.assert_allclose(np.diff(ticks), step)
   assert plots.nice_ticks(0, 800) == [0, 200, 400, 600, 800]
-  ticks = plots.nice_ticks(83.8, 96.4)
-  assert ticks[0] <= 83.8 and ticks[-1] >= 96.4
 
 
 def test_missing_results_is_an_error(tmp_path):
