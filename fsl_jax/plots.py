@@ -8,6 +8,7 @@ labels, a legend, and one polyline per series. Charts sit side by side as panels
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -125,12 +126,30 @@ def _draw_panel(image: Image.Image, box: tuple[int, int, int, int], panel: Panel
       draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
     elif pixels:
       draw.line(pixels, fill=color, width=2, joint="curve")
-  # Legend, top right inside the axes.
+  # Legend: in the corner of the axes that covers the fewest data points.
   labelled = [(i, s) for i, s in enumerate(panel.series) if s.label]
   if labelled:
     width = max(int(draw.textlength(s.label, font=small)) for _, s in labelled) + 34
-    lx, ly = x1 - width - 6, y0 + 6
-    draw.rectangle([lx, ly, x1 - 6, ly + 18 * len(labelled) + 4], fill="white", outline=GREY)
+    height = 18 * len(labelled) + 4
+    data = []  # Points along every line, not only its vertices.
+    for series in panel.series:
+      pts = [
+        to_pixel(x, y) for x, y in zip(series.xs, series.ys, strict=True) if math.isfinite(x + y)
+      ]
+      for (ax, ay), (bx, by) in itertools.pairwise(pts):
+        data += [(ax + t / 10 * (bx - ax), ay + t / 10 * (by - ay)) for t in range(10)]
+      data += pts[-1:]
+    corners = [(x1 - width - 6, y0 + 6), (x0 + 6, y0 + 6), (x1 - width - 6, y1 - height - 6)]
+    corners.append((x0 + 6, y1 - height - 6))
+
+    def covered(corner) -> int:
+      cx, cy = corner
+      return sum(
+        cx - 8 <= px <= cx + width + 8 and cy - 8 <= py <= cy + height + 8 for px, py in data
+      )
+
+    lx, ly = min(corners, key=covered)  # The first corner (top right) wins ties.
+    draw.rectangle([lx, ly, lx + width, ly + height], fill="white", outline=GREY)
     for row, (i, s) in enumerate(labelled):
       color = s.color or COLORS[i % len(COLORS)]
       cy = ly + 11 + 18 * row
