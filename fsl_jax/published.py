@@ -33,7 +33,9 @@ SOURCES = {
 # Lake et al.'s 20 within-alphabet 20-way 1-shot runs: error in %, by background set.
 # Lake, Salakhutdinov & Tenenbaum (2019), "The Omniglot challenge: a 3-year progress
 # report", Table 1: Prototypical Networks trained on the original 30-alphabet
-# background set, and on the two minimal 5-alphabet background sets.
+# background set, and on the two minimal 5-alphabet background sets. These two
+# figures were written down from the paper without access to it here: check them
+# against Table 1 before quoting them.
 LAKE_RUNS_ERROR = {
   "protonet": {"original": 13.7, "minimal": 30.1},
 }
