@@ -59,6 +59,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # with 15 queries are 3200 images, about 1.5 GB of float32 activations.
   config.eval.batch_size = 8
   config.eval.seed = 1234
+  # --mode=evaluate: "episodes" scores eval.n_way/k_shot/n_query episodes of
+  # eval.split (eval.test_episodes of them); "lake_runs" scores Lake et al.'s 20
+  # one-shot runs read from eval.lake_runs (all_runs.zip or its folder).
+  config.eval.task = "episodes"
+  config.eval.split = "test"
+  config.eval.lake_runs = config_dict.placeholder(str)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3

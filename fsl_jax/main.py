@@ -1,5 +1,9 @@
 """Command line: ``python -m fsl_jax.main --config=configs/X.py[:quick] --workdir=DIR``.
 
+``--mode=evaluate`` scores the best checkpoint of DIR on ``config.eval``'s split and
+episode shape (or on Lake's runs, ``--config.eval.task=lake_runs``); see
+fsl_jax/evaluate_checkpoint.py.
+
 Any config value can be overridden, e.g. ``--config.data.split=small``. The config
 is locked, so a misspelt key is an error rather than a silent no-op.
 """
@@ -12,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import train
+from fsl_jax import evaluate_checkpoint, train
 from fsl_jax.errors import FslError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,7 +26,13 @@ _CONFIG = config_flags.DEFINE_config_file(
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "train: train, validate and test.")
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "evaluate"],
+  "train: train, validate and test. evaluate: score the best checkpoint of --workdir "
+  "as config.eval says, adding a key to results.json.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,7 +52,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _MODE.value == "evaluate":
+      evaluate_checkpoint.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except FslError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -56,7 +56,11 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: 
 
 
 def make_eval_step(loss_fn: Callable, n_way: int):
-  """Returns jit((state, episodes [E, ...]) -> metrics with arrays [E]), one per episode."""
+  """Returns jit((state, episodes [E, ...]) -> metrics with arrays [E]), one per episode.
+
+  Metrics are the algorithm's: "loss" and "accuracy" [E], and, where the algorithm
+  gives them, "predictions" [E, N*Q], the predicted class of every query.
+  """
 
   def eval_step(state: TrainState, episodes: Episode):
     count = episodes.query_labels.shape[0]

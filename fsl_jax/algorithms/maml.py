@@ -164,7 +164,7 @@ def episode_loss(
 
   Returns:
     (loss, (metrics, batch_stats)); metrics = {"loss", "accuracy"} on the query
-    set after the last inner step.
+    set after the last inner step, plus "predictions" [N*Q] when not training.
   """
 
   chex.assert_rank([episode.support, episode.query], 4)  # [N*K | N*Q, H, W, C]
@@ -198,8 +198,8 @@ def episode_loss(
     loss = jnp.sum(weights * per_step_losses)
   else:
     loss = final_loss
-  metrics = {
-    "loss": final_loss,
-    "accuracy": jnp.mean(jnp.argmax(query_logits, -1) == episode.query_labels),
-  }
+  predictions = jnp.argmax(query_logits, -1)  # [N*Q]
+  metrics = {"loss": final_loss, "accuracy": jnp.mean(predictions == episode.query_labels)}
+  if not train:
+    metrics["predictions"] = predictions  # Per query, for plots and Lake's runs.
   return loss, (metrics, batch_stats)

@@ -71,7 +71,8 @@ def episode_loss(
     train: batch norm uses batch statistics (and updates its averages) if True.
 
   Returns:
-    (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}.
+    (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}, plus
+    "predictions" [N*Q] (the predicted class of each query) when not training.
   """
   n_support = episode.support.shape[0]
   images = jnp.concatenate([episode.support, episode.query])  # [N*K + N*Q, H, W, C]
@@ -90,5 +91,8 @@ def episode_loss(
     cosine_scale,
   )  # [N*Q, N]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, episode.query_labels).mean()
-  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == episode.query_labels)
-  return loss, ({"loss": loss, "accuracy": accuracy}, batch_stats)
+  predictions = jnp.argmax(logits, axis=-1)  # [N*Q]
+  metrics = {"loss": loss, "accuracy": jnp.mean(predictions == episode.query_labels)}
+  if not train:
+    metrics["predictions"] = predictions  # Per query, for plots and Lake's runs.
+  return loss, (metrics, batch_stats)

@@ -1,0 +1,55 @@
+"""The sinusoid teaching example: shapes, adaptation helps after short training, the plot."""
+
+import jax
+import numpy as np
+from PIL import Image
+
+from fsl_jax.examples import sinusoid
+
+
+def test_tasks_and_network_shapes():
+  amplitude, phase = sinusoid.sample_tasks(jax.random.PRNGKey(0), 7)
+  assert amplitude.shape == phase.shape == (7,)
+  assert amplitude.min() >= 0.1 and amplitude.max() <= 5.0
+  assert phase.min() >= 0.0 and phase.max() <= np.pi
+  x, y = sinusoid.sample_points(jax.random.PRNGKey(1), amplitude, phase, 10)
+  assert x.shape == y.shape == (7, 10, 1)
+  expected = amplitude[:, None, None] * np.sin(x - phase[:, None, None])
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  params = sinusoid.init_params(jax.random.PRNGKey(2))
+  assert [p["w"].shape for p in params] == [(1, 40), (40, 40), (40, 1)]
+  assert sinusoid.predict(params, x[0]).shape == (10, 1)
+
+
+def test_inner_step_is_one_gradient_step():
+  params = sinusoid.init_params(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (10, 1), minval=-5, maxval=5)
+  y = 2.0 * np.sin(x)
+  adapted = sinusoid.inner_adapt(params, x, y, 1)
+  grads = jax.grad(sinusoid.mse)(params, x, y)
+  expected = jax.tree.map(lambda p, g: p - sinusoid.INNER_LR * g, params, grads)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), adapted, expected
+  )
+
+
+def test_short_training_adapts_and_plots(tmp_path):
+  # 2000 steps are a few seconds: compiling dominates this test.
+  result = sinusoid.run(num_steps=2000, out=str(tmp_path))
+  maml, pretrained = result["maml_mse"], result["pretrained_mse"]
+  assert maml.shape == pretrained.shape == (sinusoid.TEST_INNER_STEPS + 1,)
+  assert result["maml_train_losses"].shape == (2000,)
+  # Already after 2000 meta-steps, one inner step lowers the test error a lot,
+  # more than it does for the pretrained network.
+  assert maml[1] < 0.7 * maml[0]
+  assert maml[-1] < maml[1]
+  assert maml[1] < pretrained[1] and np.isfinite(pretrained).all()
+  image = Image.open(result["plot"])
+  assert image.size == (3 * 560, 400)
+  assert result["plot"] == str(tmp_path / "sinusoid.png")
+
+
+def test_zero_steps_is_the_initialisation():
+  params, losses = sinusoid.train(sinusoid.pretrain_loss, jax.random.PRNGKey(3), 0)
+  assert losses.shape == (0,)
+  assert len(params) == 3
