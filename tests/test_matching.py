@@ -186,3 +186,17 @@ def test_train_and_eval_steps_compile_once(fce):
   assert np.isfinite(float(metrics["loss"]))
   assert train_step._cache_size() == 1
   assert eval_step._cache_size() == 1
+
+
+def test_eval_mode_returns_the_predicted_class_of_every_query():
+  rng = np.random.default_rng(8)
+  episode = tiny_episode(rng)
+  model, variables = model_and_variables(episode, fce=False)
+  args = (model, variables["params"], variables["batch_stats"], episode)
+  _, (metrics, _) = matching.episode_loss(*args, n_way=3, train=False)
+  assert metrics["predictions"].shape == (6,)
+  np.testing.assert_allclose(
+    metrics["accuracy"], np.mean(np.asarray(metrics["predictions"]) == episode.query_labels)
+  )
+  _, (train_metrics, _) = matching.episode_loss(*args, n_way=3, train=True)
+  assert "predictions" not in train_metrics

@@ -104,7 +104,8 @@ def episode_loss(
     cosine_scale: s in c = s * cos.
 
   Returns:
-    (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}.
+    (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}, plus
+    "predictions" [N*Q] (the predicted class of each query) when not training.
   """
   n_support = episode.support.shape[0]
   images = jnp.concatenate([episode.support, episode.query])  # [N*K + N*Q, H, W, C]
@@ -121,5 +122,8 @@ def episode_loss(
     support, episode.support_labels, query, n_way, distance, cosine_scale
   )  # [N*Q, N]
   loss = -jnp.mean(jnp.take_along_axis(log_probs, episode.query_labels[:, None], axis=-1))
-  accuracy = jnp.mean(jnp.argmax(log_probs, axis=-1) == episode.query_labels)
-  return loss, ({"loss": loss, "accuracy": accuracy}, batch_stats)
+  predictions = jnp.argmax(log_probs, axis=-1)  # [N*Q]
+  metrics = {"loss": loss, "accuracy": jnp.mean(predictions == episode.query_labels)}
+  if not train:
+    metrics["predictions"] = predictions  # Per query, for plots and Lake's runs.
+  return loss, (metrics, batch_stats)
