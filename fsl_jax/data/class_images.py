@@ -226,6 +226,7 @@ def prepare_mini_imagenet(
           "another --config.data.data_dir."
         )
     return builder
+  mini_imagenet.detect_layout(manual_dir)  # Fails before tfds creates any folder.
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
