@@ -19,7 +19,7 @@ from absl import logging
 from PIL import Image
 
 from fsl_jax.data import memory, mini_imagenet, omniglot, omniglot_splits
-from fsl_jax.errors import DataError
+from fsl_jax.errors import ConfigError, DataError
 
 MANUAL_DIR_ENV = "FSL_JAX_MANUAL_DIR"
 _READ_CHUNK = 4096
@@ -209,7 +209,7 @@ def prepare_mini_imagenet(
   size than the one it was built from.
   """
   if split not in MINI_IMAGENET_SPLITS:
-    raise DataError(
+    raise ConfigError(
       f"config.data.split must be one of {MINI_IMAGENET_SPLITS} for miniImageNet, got {split!r}."
     )
   builder = mini_imagenet.MiniImagenetFewShot(
