@@ -162,6 +162,25 @@ def proto_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.C
   return make_quick(config) if "quick" in words else config
 
 
+def proto_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """Prototypical Networks on miniImageNet, 5-way, with Snell et al. (2017)'s settings.
+
+  Training: 30-way episodes for 1-shot, 20-way for 5-shot, 15 queries per class;
+  conv-4 with 64 filters; Adam at 1e-3, halved every 2000 episodes. Test: 5-way
+  k_shot with 15 queries, 600 episodes.
+  """
+  words = parse_arg(arg)
+  config = get_base_config()
+  set_mini_imagenet(config)
+  config.algorithm = "protonet"
+  config.protonet = dict(distance="euclidean", cosine_scale=10.0)
+  train_way = 30 if k_shot == 1 else 20
+  config.train.n_way, config.train.k_shot, config.train.n_query = train_way, k_shot, 15
+  config.eval.n_way, config.eval.k_shot, config.eval.n_query = 5, k_shot, 15
+  config.eval.test_episodes = 600
+  return make_quick(config) if "quick" in words else config
+
+
 def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
   """MAML on Omniglot with Finn et al. (2017)'s settings.
 

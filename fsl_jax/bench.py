@@ -74,10 +74,11 @@ WORKLOADS = {
       inner_lr=0.1,
       **OMNIGLOT,
     ),
+    Workload("proto_mini_30w1s", "protonet", shape=EpisodeShape(30, 1, 15), **MINI),
     Workload(
       "maml_mini_5w1s",
       "maml",
-      shape=EpisodeShape(5, 1, 5),
+      shape=EpisodeShape(5, 1, 15),  # 15 queries, as configs/maml_mini5w1s.py and Finn et al.
       meta_batch_size=4,
       inner_steps=5,
       inner_lr=0.01,

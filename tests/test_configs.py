@@ -36,3 +36,28 @@ def test_proto_omniglot_configs_follow_snell(name, n_way, k_shot):
   assert config.eval.test_episodes == 1000
   assert config.optim.learning_rate == 1e-3
   assert (config.optim.decay_every_episodes, config.optim.decay_rate) == (2000, 0.5)
+
+
+@pytest.mark.parametrize("k_shot, train_way", [(1, 30), (5, 20)])
+def test_proto_mini_configs_follow_snell(k_shot, train_way):
+  config = importlib.import_module(f"configs.proto_mini5w{k_shot}s").get_config()
+  assert config.algorithm == "protonet" and config.data.dataset == "mini_imagenet"
+  assert (config.data.split, config.data.image_size, config.model.filters) == ("ravi", 84, 64)
+  assert (config.train.n_way, config.train.k_shot, config.train.n_query) == (train_way, k_shot, 15)
+  assert (config.eval.n_way, config.eval.k_shot, config.eval.n_query) == (5, k_shot, 15)
+  assert config.eval.test_episodes == 600
+  assert (config.optim.decay_every_episodes, config.optim.decay_rate) == (2000, 0.5)
+  assert len(config.model.pixel_mean) == len(config.model.pixel_std) == 3
+
+
+@pytest.mark.parametrize("k_shot", [1, 5])
+def test_maml_mini_configs_follow_finn(k_shot):
+  for arg in (None, "quick"):
+    config = importlib.import_module(f"configs.maml_mini5w{k_shot}s").get_config(arg)
+    assert config.model.filters == 32 and config.data.image_size == 84
+    assert (config.train.n_way, config.train.k_shot, config.train.n_query) == (5, k_shot, 15)
+    assert (config.maml.inner_steps, config.maml.test_inner_steps) == (5, 10)
+  assert config.eval.test_episodes == 20  # The quick variant.
+  assert (
+    importlib.import_module(f"configs.maml_mini5w{k_shot}s").get_config().eval.test_episodes == 600
+  )

@@ -2,8 +2,9 @@
 
 The result of loading is one ``ClassImages`` per part (train/val/test):
 ``images[c, m]`` is drawing ``m`` of class ``c``, shape ``[C, M, H, W, channels]``,
-uint8. Omniglot at 28x28 is about 25 MB, so everything stays in memory and
-episodes are gathered with one fancy-indexing operation.
+uint8. Omniglot at 28x28 is about 25 MB and miniImageNet at 84x84 about 1.3 GB,
+so everything stays in memory (uint8; normalised on device) and episodes are
+gathered with one fancy-indexing operation.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections import defaultdict
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
-from fsl_jax.data import omniglot, omniglot_splits
-from fsl_jax.errors import DataError
+from fsl_jax.data import memory, mini_imagenet, omniglot, omniglot_splits
+from fsl_jax.errors import ConfigError, DataError
 
 MANUAL_DIR_ENV = "FSL_JAX_MANUAL_DIR"
 _READ_CHUNK = 4096
@@ -90,11 +92,14 @@ def prepare_omniglot(
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-  """[H, W, 1] uint8 -> [size, size, 1] uint8, with an anti-aliasing Lanczos filter."""
+  """[H, W, ch] uint8 (ch 1 or 3) -> [size, size, ch] uint8, with a Lanczos filter."""
   if image.shape[0] == size and image.shape[1] == size:
     return image
-  pil = Image.fromarray(image[..., 0], mode="L")
-  return np.asarray(pil.resize((size, size), Image.Resampling.LANCZOS))[..., None]
+  if image.shape[-1] == 1:
+    pil = Image.fromarray(image[..., 0], mode="L")
+    return np.asarray(pil.resize((size, size), Image.Resampling.LANCZOS))[..., None]
+  pil = Image.fromarray(image, mode="RGB")
+  return np.asarray(pil.resize((size, size), Image.Resampling.LANCZOS))
 
 
 def read_classes(
@@ -189,4 +194,115 @@ def load_omniglot(
     rotations = train_rotations if part == "train" else eval_rotations
     images, names = rotate_classes(images, names, tuple(rotations))
     out[part] = ClassImages(images, tuple(names))
+  return out
+
+
+MINI_IMAGENET_SPLITS = ("ravi", "custom")
+
+
+def prepare_mini_imagenet(
+  split: str, data_dir: str | None, manual_dir: str | None
+) -> mini_imagenet.MiniImagenetFewShot:
+  """Builds (once) and returns the miniImageNet tfds builder for config ``split``.
+
+  A prepared dataset is reused unless a split file now in ``manual_dir`` has another
+  size than the one it was built from.
+  """
+  if split not in MINI_IMAGENET_SPLITS:
+    raise ConfigError(
+      f"config.data.split must be one of {MINI_IMAGENET_SPLITS} for miniImageNet, got {split!r}."
+    )
+  builder = mini_imagenet.MiniImagenetFewShot(
+    config=split, data_dir=data_dir, file_format="array_record"
+  )
+  if builder.is_prepared():
+    recorded = dict(builder.info.metadata.get("source_sizes", {}))
+    for name, size in recorded.items():
+      path = os.path.join(manual_dir, name) if manual_dir else None
+      if path and os.path.isfile(path) and os.path.getsize(path) != size:
+        raise DataError(
+          f"the prepared dataset in {builder.data_dir} was built from a {name} of {size} "
+          f"bytes, but {path} has {os.path.getsize(path)}. Delete that folder or choose "
+          "another --config.data.data_dir."
+        )
+    return builder
+  mini_imagenet.detect_layout(manual_dir)  # Fails before tfds creates any folder.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def read_mini_imagenet_split(
+  builder: mini_imagenet.MiniImagenetFewShot, split: str, image_size: int
+) -> ClassImages:
+  """Decodes one split into ClassImages [C, M, S, S, 3], classes sorted by id.
+
+  M is the smallest class's size (600 in Ravi's split). The memory needed is checked
+  first, and the array is filled in place, so the peak is the array plus one chunk.
+  """
+  counts = mini_imagenet.class_counts(builder)[split]
+  if not counts:
+    raise DataError(f"the dataset in {builder.data_dir} records no {split} classes; rebuild it.")
+  names = sorted(counts)
+  per_class = min(counts.values())
+  if len(set(counts.values())) > 1:
+    logging.warning(
+      "miniImageNet %s classes have %d to %d images; using the first %d of each.",
+      split, per_class, max(counts.values()), per_class,
+    )  # fmt: skip
+  shape = (len(names), per_class, image_size, image_size, 3)
+  memory.check_available(
+    int(np.prod(shape)),
+    f"decoding the miniImageNet {split} split ({shape[0]} classes x {shape[1]} images of "
+    f"{image_size}x{image_size}x3 uint8)",
+    ", or lower --config.data.image_size",
+  )
+  images = np.empty(shape, np.uint8)
+  filled = np.zeros(shape[:2], bool)
+  row_of = {name: c for c, name in enumerate(names)}
+  source = builder.as_data_source(split=split)
+  for start in range(0, len(source), _READ_CHUNK):
+    for record in source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source))))):
+      c, m = row_of[record["label"].decode()], int(record["index"])
+      if m < per_class:
+        images[c, m] = resize(record["image"], image_size)
+        filled[c, m] = True
+  if not filled.all():
+    raise DataError(
+      f"the {split} split in {builder.data_dir} lacks {int((~filled).sum())} of the images "
+      "it records. Delete that folder and build again."
+    )
+  return ClassImages(images, tuple(names))
+
+
+def load_mini_imagenet(
+  split: str = "ravi",
+  image_size: int = 84,
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+) -> dict[str, ClassImages]:
+  """Loads miniImageNet from the user's files: part name -> ClassImages.
+
+  Args:
+    split: "ravi" (the splits must be Ravi & Larochelle's 64/16/20 classes) or
+      "custom" (your own split; differences only warn).
+    image_size: side of the square images, resized from 84 if different.
+    data_dir: where tfds writes prepared datasets; None for tfds's default.
+    manual_dir: the folder holding one of the layouts in
+      ``mini_imagenet.MANUAL_DOWNLOAD_INSTRUCTIONS``.
+
+  Returns:
+    {"train": ClassImages, "val": ..., "test": ...}, uint8 [C, M, S, S, 3].
+  """
+  manual_dir = resolve_manual_dir(manual_dir)
+  builder = prepare_mini_imagenet(split, data_dir, manual_dir)
+  out = {part: read_mini_imagenet_split(builder, part, image_size) for part in mini_imagenet.SPLITS}
+  seen: dict[str, str] = {}
+  for part, data in out.items():
+    for name in data.class_names:
+      if name in seen:
+        raise DataError(
+          f"class {name} is in both the {seen[name]} and the {part} split of "
+          f"{builder.data_dir}; few-shot splits must not share classes. Fix the split files."
+        )
+      seen[name] = part
   return out

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from fsl_jax.data.class_images import ClassImages, load_omniglot
-from fsl_jax.errors import ConfigError, DataError
+from fsl_jax.data.class_images import ClassImages, load_mini_imagenet, load_omniglot
+from fsl_jax.errors import ConfigError
 
 DATASETS = ("omniglot", "mini_imagenet")
 
@@ -22,11 +22,10 @@ def load_dataset(data: ml_collections.ConfigDict) -> dict[str, ClassImages]:
       manual_dir=data.manual_dir,
     )
   if data.dataset == "mini_imagenet":
-    raise DataError(
-      "miniImageNet cannot be downloaded: its images come from ImageNet, and this "
-      "release cannot read them yet (the miniImageNet builder is planned). It will read, "
-      "from --config.data.manual_dir=FOLDER, Ravi & Larochelle's FOLDER/train.csv, "
-      "FOLDER/val.csv and FOLDER/test.csv (header 'filename,label') with the JPEGs in "
-      "FOLDER/images/. Until then, train on Omniglot (configs/*omniglot*.py)."
+    return load_mini_imagenet(
+      split=data.split,
+      image_size=data.image_size,
+      data_dir=data.data_dir,
+      manual_dir=data.manual_dir,
     )
   raise ConfigError(f"config.data.dataset must be one of {DATASETS}, got {data.dataset!r}.")
