@@ -1,4 +1,4 @@
-"""End-to-end ``:quick`` runs of ProtoNets and MAML on a synthetic miniImageNet.
+"""End-to-end ``:quick`` runs of ProtoNets, Matching Networks and MAML on a synthetic miniImageNet.
 
 The copy has Ravi & Larochelle's 100 classes and file names, 20 JPEGs per class (enough
 for 5-shot with 15 queries), in the CSV + images layout. It is built at 84x84, then
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from fixtures_mini_imagenet import write_synthetic_mini_imagenet
 
-from configs import proto_mini5w1s
+from configs import matching_mini5w1s, proto_mini5w1s
 from fsl_jax import train
 from fsl_jax.data.class_images import MANUAL_DIR_ENV
 
@@ -96,4 +96,19 @@ def test_maml_quick_runs_from_the_command_line(mini_dirs, tmp_path):
   assert config["maml"]["first_order"] is True and config["maml"]["test_inner_steps"] == 10
   test = results["test"]
   assert (test["n_way"], test["k_shot"], test["n_query"], test["episodes"]) == (5, 5, 15, 20)
+  assert 0.0 <= test["accuracy"] <= 1.0 and test["ci95"] > 0
+
+
+def test_matching_with_fce_quick_trains_and_tests(mini_dirs, tmp_path):
+  manual_dir, data_dir = mini_dirs
+  config = matching_mini5w1s.get_config("quick")
+  assert config.matching.fce  # On for miniImageNet, as in the paper.
+  config.data.manual_dir, config.data.data_dir = str(manual_dir), str(data_dir)
+  config.data.image_size, config.model.filters = IMAGE_SIZE, FILTERS
+  train.train_and_evaluate(config, str(tmp_path))
+  results = read_results(tmp_path)
+  assert results["config"]["algorithm"] == "matching"
+  assert results["config"]["matching"]["fce"] is True
+  test = results["test"]
+  assert (test["n_way"], test["k_shot"], test["n_query"], test["episodes"]) == (5, 1, 15, 20)
   assert 0.0 <= test["accuracy"] <= 1.0 and test["ci95"] > 0
