@@ -1,5 +1,9 @@
 """Command line: ``python -m fsl_jax.main --config=configs/X.py[:quick] --workdir=DIR``.
 
+Several processes (one per host, see launch/) add ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I``, or nothing on SLURM and TPU pod slices, where
+they are detected (fsl_jax/distributed.py).
+
 Any config value can be overridden, e.g. ``--config.data.split=small``. The config
 is locked, so a misspelt key is an error rather than a silent no-op.
 """
@@ -12,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import train
+from fsl_jax import distributed, train
 from fsl_jax.errors import FslError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,6 +27,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train"], "train: train, validate and test.")
+_DISTRIBUTED = flags.DEFINE_enum(
+  "distributed",
+  "auto",
+  list(distributed.MODES),
+  "Multi-process start-up (fsl_jax/distributed.py): auto = jax.distributed.initialize() "
+  "when SLURM (srun), a TPU pod slice, Open MPI or JAX_COORDINATOR_ADDRESS says there are "
+  "several processes; on = always; off = never.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "Several processes: HOST:PORT of process 0's coordinator."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,6 +59,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
+    # Before anything touches a JAX device.
+    distributed.initialize(
+      _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except FslError as e:
     print(f"error: {e}", file=sys.stderr)
