@@ -21,4 +21,6 @@ def make_model(model: ml_collections.ConfigDict, num_outputs: int | None = None)
     pixel_mean=tuple(model.pixel_mean),
     pixel_std=tuple(model.pixel_std),
     num_outputs=num_outputs,
+    num_blocks=model.num_blocks,
+    downsample=model.downsample,
   )
