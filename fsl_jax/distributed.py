@@ -115,3 +115,12 @@ def initialize(
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   return True
+
+
+def quiet_unless_process_zero() -> None:
+  """Only process 0 logs INFO; the others log warnings and errors only."""
+  import jax
+  from absl import logging
+
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)

@@ -60,9 +60,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     # Before anything touches a JAX device.
-    distributed.initialize(
+    if distributed.initialize(
       _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
-    )
+    ):
+      distributed.quiet_unless_process_zero()
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except FslError as e:
     print(f"error: {e}", file=sys.stderr)
