@@ -3,8 +3,9 @@
 The 8-device runs are a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
 (it must be set before JAX starts); the two-process run is launch/local_multiprocess.sh
 (2 processes x 2 CPU devices, jax.distributed over gloo on 127.0.0.1); the 1-device
-references are a subprocess too. Every run is 20 steps of a tiny config
-(tests/sharded_runs.py) with checkpoints at steps 10 and 20, compared at step 20.
+references are a subprocess too, and runs that do not depend on each other go in
+parallel. Every run is 20 steps of a tiny config (tests/sharded_runs.py) with
+checkpoints at steps 10 and 20, compared at step 20.
 
 Tolerance: every float leaf of the TrainState (params, batch-norm statistics, Adam
 moments) after 20 steps is within 1e-5 of the leaf's largest magnitude:
@@ -104,91 +105,91 @@ def subprocess_env(devices: int | None = None) -> dict:
   return env
 
 
-def check(result: subprocess.CompletedProcess) -> None:
-  assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+def start(base: Path, name: str, command: list, env: dict) -> tuple:
+  """Starts ``command`` in the repository root, its output to ``base/name.log``."""
+  env = {
+    **env,
+    # Runs after the first of a kind reuse its compiled steps (the same HLO).
+    "JAX_COMPILATION_CACHE_DIR": str(base / "compilation_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
+  log = base / f"{name}.log"
+  with open(log, "w") as out:
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+  return process, log
 
 
-def run_worker(base: Path, name: str, devices: int, data: dict, runs: list) -> list:
-  """tests/sharded_runs.py in a subprocess with ``devices`` CPU devices."""
+def finish(started: tuple) -> None:
+  process, log = started
+  try:
+    returncode = process.wait(timeout=600)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    raise
+  assert returncode == 0, log.read_text()[-6000:]
+
+
+def start_worker(base: Path, name: str, devices: int, data: dict, runs: list) -> tuple:
+  """tests/sharded_runs.py with ``devices`` CPU devices; ``results`` reads what it wrote."""
   spec_path = base / f"{name}.json"
   spec_path.write_text(json.dumps({**data, "runs": runs}))
-  env = subprocess_env(devices)
-  # Runs after the first of a kind reuse its compiled steps (the same HLO).
-  env["JAX_COMPILATION_CACHE_DIR"] = str(base / "compilation_cache")
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  result = subprocess.run(
-    [sys.executable, str(ROOT / "tests" / "sharded_runs.py"), str(spec_path)],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  check(result)
-  out = json.loads(Path(str(spec_path) + ".out").read_text())
+  command = [sys.executable, str(ROOT / "tests" / "sharded_runs.py"), str(spec_path)]
+  return start(base, name, command, subprocess_env(devices))
+
+
+def results(base: Path, name: str, devices: int) -> list:
+  out = json.loads((base / f"{name}.json.out").read_text())
   assert out["devices"] == devices
   return out["runs"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
-  """All runs, in dependency order; returns their workdirs and recorded shardings."""
+  """All runs, two at a time where they do not depend on each other."""
   base = tmp_path_factory.mktemp("sharding")
   data = {"data_dir": str(omniglot_small_data_dir), "manual_dir": str(omniglot_manual_dir)}
   kinds = ("protonet", "maml")
   one = {kind: base / f"one_{kind}" for kind in kinds}
   eight = {kind: base / f"eight_{kind}" for kind in kinds}
+  two = base / "two_processes"
   from_one = base / "from_one_to_eight"
   from_eight = base / "from_eight_to_one"
 
-  # 1 device: both algorithms from scratch.
-  one_specs = run_worker(base, "one", 1, data, [{"kind": k, "workdir": str(one[k])} for k in kinds])
-  # 8 devices: both algorithms from scratch, then the 1-device step-10 checkpoint continued.
+  # Both algorithms from scratch on 1 and on 8 devices.
+  fresh = lambda workdirs: [{"kind": k, "workdir": str(workdirs[k])} for k in kinds]
+  first = [start_worker(base, "one", 1, data, fresh(one))]
+  first.append(start_worker(base, "eight", 8, data, fresh(eight)))
+  for started in first:
+    finish(started)
+  # Two processes with 2 devices each, through the launcher; meanwhile each step-10
+  # checkpoint continues on the other device count.
+  launcher = [
+    "bash",
+    str(ROOT / "launch" / "local_multiprocess.sh"),
+    "--num_processes=2",
+    "--devices_per_process=2",
+    f"--port={free_port()}",
+    f"--log_dir={base / 'logs'}",
+    "--",
+    *sharded_runs.cli_flags("protonet", **data),
+    f"--workdir={two}",
+  ]
+  second = [start(base, "two", launcher, {**subprocess_env(), "PYTHON": sys.executable})]
   copy_without_last_checkpoint(one["protonet"], from_one)
-  eight_specs = run_worker(
-    base,
-    "eight",
-    8,
-    data,
-    [{"kind": k, "workdir": str(eight[k])} for k in kinds]
-    + [{"kind": "protonet", "workdir": str(from_one)}],
-  )
-  # 1 device: the 8-device step-10 checkpoint continued.
   copy_without_last_checkpoint(eight["protonet"], from_eight)
-  one_specs += run_worker(base, "back", 1, data, [{"kind": "protonet", "workdir": str(from_eight)}])
-
-  # Two processes with 2 devices each, through the launcher.
-  two = base / "two_processes"
-  launched = subprocess.run(
-    [
-      "bash",
-      str(ROOT / "launch" / "local_multiprocess.sh"),
-      "--num_processes=2",
-      "--devices_per_process=2",
-      f"--port={free_port()}",
-      f"--log_dir={base / 'logs'}",
-      "--",
-      *sharded_runs.cli_flags("protonet", **data),
-      f"--workdir={two}",
-    ],
-    cwd=ROOT,
-    env={
-      **subprocess_env(),
-      "PYTHON": sys.executable,
-      "JAX_COMPILATION_CACHE_DIR": str(base / "compilation_cache"),
-      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    },
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  continued = [{"kind": "protonet", "workdir": str(from_one)}]
+  second.append(start_worker(base, "eight_continued", 8, data, continued))
+  continued = [{"kind": "protonet", "workdir": str(from_eight)}]
+  second.append(start_worker(base, "one_continued", 1, data, continued))
+  for started in second:
+    finish(started)
   logs = "".join(p.read_text() for p in sorted((base / "logs").glob("*.log")))
-  assert launched.returncode == 0, launched.stderr[-4000:] + logs[-4000:]
+  assert (base / "logs" / "process_1.log").is_file(), logs
   return SimpleNamespace(
     one=one,
-    one_specs=one_specs,
+    one_specs=results(base, "one", 1) + results(base, "one_continued", 1),
     eight=eight,
-    eight_specs=eight_specs,
+    eight_specs=results(base, "eight", 8) + results(base, "eight_continued", 8),
     from_one=from_one,
     from_eight=from_eight,
     two=two,
