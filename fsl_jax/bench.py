@@ -5,6 +5,9 @@ step after warm-up, episodes/s, compile time, peak host memory, and the FLOPs
 of the compiled step from XLA's cost analysis. Compute workloads draw episodes
 from random images of the dataset's shape (the cost does not depend on pixel
 values); sampler workloads time the host data path alone.
+
+The meta-batch is sharded over every device, as in training: to time D CPU
+devices, set XLA_FLAGS=--xla_force_host_platform_device_count=D before starting.
 """
 
 from __future__ import annotations
@@ -166,8 +169,10 @@ def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repea
   tx = make_optimizer(config.optim, workload.meta_batch_size)
   example = jnp.asarray(sampler.episode(0).support)
   state = create_train_state(model, tx, example, 0, algorithm.init_params)
-  step = make_train_step(algorithm.loss, tx, workload.shape.n_way)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  step = make_train_step(algorithm.loss, tx, workload.shape.n_way, mesh)
   size = workload.meta_batch_size
+  sharding.check_batch_divides(size, mesh, "meta_batch_size")
   batches = [sharding.to_global(sampler.episodes(i * size, size), mesh) for i in range(4)]
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()

@@ -27,14 +27,15 @@ def evaluate(
 ) -> dict:
   """Runs episodes 0..num_episodes-1 of ``sampler`` through ``eval_step``.
 
-  Episodes go in batches of ``batch_size`` (one compile); the last batch is
-  filled up with the following episodes of the stream, whose results are dropped.
+  Episodes go in batches of ``batch_size`` (one compile), rounded up to a multiple
+  of the device count and sharded P("data"); the last batch is filled up with the
+  following episodes of the stream, whose results are dropped.
 
   Returns:
     {"accuracy", "ci95", "loss", "episodes", "n_way", "k_shot", "n_query"}, with
     accuracy a fraction in [0, 1] and ci95 = 1.96 * std / sqrt(episodes).
   """
-  sharding.check_batch_divides(batch_size, mesh, "config.eval.batch_size")
+  batch_size = sharding.eval_batch_size(batch_size, mesh)  # A multiple of the device count.
   num_batches = math.ceil(num_episodes / batch_size)
   per_process = batch_size // jax.process_count()
   first = jax.process_index() * per_process

@@ -150,7 +150,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   if task == "lake_runs":
     runs = load_lake_runs(config.eval.lake_runs, config.data.image_size)
     state, algorithm = restore_best(config, workdir, runs.support[0])
-    eval_step = make_eval_step(algorithm.loss, LAKE_N_WAY)
+    eval_step = make_eval_step(algorithm.loss, LAKE_N_WAY, mesh)
     key, result = "lake_runs", evaluate_lake_runs(eval_step, state, runs, mesh)
     result["path"] = os.path.abspath(config.eval.lake_runs)
   else:
@@ -163,7 +163,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     shape = EpisodeShape(config.eval.n_way, config.eval.k_shot, config.eval.n_query)
     sampler = EpisodeSampler(data[split], shape, config.eval.seed, "config.eval")
     state, algorithm = restore_best(config, workdir, sampler.episode(0).support)
-    eval_step = make_eval_step(algorithm.loss, shape.n_way)
+    eval_step = make_eval_step(algorithm.loss, shape.n_way, mesh)
     key = setting_key(split, shape)
     result = evaluate(
       eval_step, state, sampler, config.eval.test_episodes, config.eval.batch_size, mesh

@@ -4,6 +4,10 @@
 episode shape (or on Lake's runs, ``--config.eval.task=lake_runs``); see
 fsl_jax/evaluate_checkpoint.py.
 
+Several processes (one per host, see launch/) add ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I``, or nothing on SLURM and TPU pod slices, where
+they are detected (fsl_jax/distributed.py).
+
 Any config value can be overridden, e.g. ``--config.data.split=small``. The config
 is locked, so a misspelt key is an error rather than a silent no-op.
 """
@@ -16,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import evaluate_checkpoint, train
+from fsl_jax import distributed, evaluate_checkpoint, train
 from fsl_jax.errors import FslError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,6 +37,19 @@ _MODE = flags.DEFINE_enum(
   "train: train, validate and test. evaluate: score the best checkpoint of --workdir "
   "as config.eval says, adding a key to results.json.",
 )
+_DISTRIBUTED = flags.DEFINE_enum(
+  "distributed",
+  "auto",
+  list(distributed.MODES),
+  "Multi-process start-up (fsl_jax/distributed.py): auto = jax.distributed.initialize() "
+  "when SLURM (srun), a TPU pod slice, Open MPI or JAX_COORDINATOR_ADDRESS says there are "
+  "several processes; on = always; off = never.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "Several processes: HOST:PORT of process 0's coordinator."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,6 +69,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
+    # Before anything touches a JAX device.
+    if distributed.initialize(
+      _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    ):
+      distributed.quiet_unless_process_zero()
     if _MODE.value == "evaluate":
       evaluate_checkpoint.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     else:

@@ -17,16 +17,22 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from fsl_jax import sharding
 from fsl_jax.data.episodes import Episode
 from fsl_jax.state import TrainState
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: int):
+def make_train_step(
+  loss_fn: Callable, tx: optax.GradientTransformation, n_way: int, mesh: Mesh | None = None
+):
   """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
 
   Metrics are means over the meta-batch. Batch statistics become the mean of the
   per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
+  With a ``mesh``, the episodes come sharded P("data") and the new state and the
+  metrics are pinned replicated P(): XLA all-reduces the mean gradient.
   """
 
   def meta_loss(params, batch_stats, episodes: Episode, rngs, step):
@@ -52,14 +58,17 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_way: 
     )
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  return jax.jit(train_step, donate_argnums=(0,), out_shardings=sharding.replicated(mesh))
 
 
-def make_eval_step(loss_fn: Callable, n_way: int):
+def make_eval_step(loss_fn: Callable, n_way: int, mesh: Mesh | None = None):
   """Returns jit((state, episodes [E, ...]) -> metrics with arrays [E]), one per episode.
 
   Metrics are the algorithm's: "loss" and "accuracy" [E], and, where the algorithm
-  gives them, "predictions" [E, N*Q], the predicted class of every query.
+  gives them, "predictions" [E, N*Q], the predicted class of every query. With a
+  ``mesh``, the episodes and the metrics are sharded P("data").
   """
 
   def eval_step(state: TrainState, episodes: Episode):
@@ -74,4 +83,6 @@ def make_eval_step(loss_fn: Callable, n_way: int):
 
     return jax.vmap(one)(episodes, rngs)
 
-  return jax.jit(eval_step)
+  if mesh is None:
+    return jax.jit(eval_step)
+  return jax.jit(eval_step, out_shardings=sharding.sharded_along_batch(mesh))

@@ -95,8 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = checkpoints.restore(latest, state)
     logging.info("Resumed from %s at step %d.", checkpoints.directory, latest)
 
-  train_step = make_train_step(algorithm.loss, tx, config.train.n_way)
-  eval_step = make_eval_step(algorithm.loss, config.eval.n_way)
+  train_step = make_train_step(algorithm.loss, tx, config.train.n_way, mesh)
+  eval_step = make_eval_step(algorithm.loss, config.eval.n_way, mesh)
   writer = MetricsWriter(workdir, enabled=is_writer)
 
   def validate(current_state) -> dict:
