@@ -12,8 +12,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import train
+from fsl_jax import config_check, train
 from fsl_jax.errors import FslError
+from fsl_jax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -46,7 +47,11 @@ def main(argv):
   except FslError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:
+    logging.warning("%s", e)
+    print(f"preempted: {e} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)
