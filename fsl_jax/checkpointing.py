@@ -129,14 +129,23 @@ class Checkpoints:
       return None
     stored_shapes = _shapes(stored)
     wanted_shapes = _shapes({"params": like.params, "batch_stats": like.batch_stats})
-    for path in sorted(set(stored_shapes) | set(wanted_shapes), key=lambda p: (p[0] != "p", p)):
+    differences = []
+    for path in sorted(set(stored_shapes) | set(wanted_shapes)):
       have, want = stored_shapes.get(path), wanted_shapes.get(path)
-      if have != want:
-        if have is None:
-          return f"{path} is missing from the checkpoint (this config needs shape {want})"
-        if want is None:
-          return f"the checkpoint has {path} {have}, which this config does not have"
-        return f"{path} has shape {have} in the checkpoint but {want} in this config"
+      if have == want:
+        continue
+      if have is None:
+        text = f"{path} is missing from the checkpoint (this config needs shape {want})"
+      elif want is None:
+        text = f"the checkpoint has {path} {have}, which this config does not have"
+      else:
+        text = f"{path} has shape {have} in the checkpoint but {want} in this config"
+      # Params before batch statistics, kernels (which show both sizes) first.
+      differences.append(((not path.startswith("params"), -len(have or want)), text))
+    if differences:
+      differences.sort()
+      more = len(differences) - 1
+      return differences[0][1] + (f" (and {more} more differences)" if more else "")
     return None
 
   def close(self) -> None:
