@@ -71,6 +71,31 @@ def write_json_atomically(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
+def drop_rows_after(path: str, step: int) -> None:
+  """Drops metrics.jsonl rows after ``step``: a resumed run logs those steps again.
+
+  Without this, a run killed after its last checkpoint would leave rows that the
+  resumed run repeats. The file is rewritten atomically; a missing file is fine.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  # A kill can leave a last line half-written: it does not parse and is dropped.
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError):
+      continue
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
 def out_of_time(started: float, budget_seconds: float) -> bool:
   """Whether the budget is spent, decided by process 0 so all processes stop together."""
   spent = np.asarray(time.perf_counter() - started > budget_seconds)
@@ -113,8 +138,10 @@ def _train_and_evaluate(config, workdir: str, sigterm: SigtermFlag) -> dict:
   model, algorithm = make_algorithm(config)
   example = jnp.asarray(train_sampler.episode(0).support)
   eval_step = make_eval_step(algorithm.loss, config.eval.n_way)
-  writer = MetricsWriter(workdir, enabled=is_writer)
   checkpoints = Checkpoints(workdir)
+  if is_writer:
+    drop_rows_after(os.path.join(workdir, "metrics.jsonl"), checkpoints.latest_step() or 0)
+  writer = MetricsWriter(workdir, enabled=is_writer)
 
   def validate(current_state) -> dict:
     return evaluate(

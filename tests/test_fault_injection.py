@@ -5,6 +5,7 @@ params must be bitwise equal to an uninterrupted in-process run. Kill points
 are random; the seed is printed and named in every assertion message.
 """
 
+import json
 import os
 import random
 import signal
@@ -156,5 +157,11 @@ def test_sigkill_mid_save_sigterm_and_sigkill_then_resume_bitwise(
   jax.tree.map(np.testing.assert_array_equal, expected, got)
   full.close()
   resumed.close()
+  # Each step is logged once: rows a killed child wrote after its checkpoint are dropped.
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  expected_rows = (reference_workdir / "metrics.jsonl").read_text().splitlines()
+  assert [(r["step"], r["split"]) for r in rows] == [
+    (json.loads(line)["step"], json.loads(line)["split"]) for line in expected_rows
+  ], why
   results = (workdir / "results.json").read_text()
   assert f'"accuracy": {reference_results["test"]["accuracy"]!r}' in results, why
