@@ -2,7 +2,8 @@
 
 One chain of child processes trains the same run in one workdir; their final
 params must be bitwise equal to an uninterrupted in-process run. Kill points
-are random; the seed is printed and named in every assertion message.
+are random; the seed is printed and named in every assertion message, and
+$FSL_FAULT_SEED=SEED replays it.
 """
 
 import json
@@ -23,7 +24,7 @@ from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.preemption import PREEMPTED_EXIT_CODE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 12
+NUM_STEPS = 16
 OVERRIDES = {
   "data.split": "small",
   "model.filters": 8,
@@ -31,7 +32,7 @@ OVERRIDES = {
   "train.n_way": 10,
   "train.num_steps": NUM_STEPS,
   "train.log_every": 1,  # A progress line per step tells the test where the child is.
-  "train.eval_every": 6,
+  "train.eval_every": 8,
   "train.checkpoint_every": 2,
   "eval.val_episodes": 5,
   "eval.test_episodes": 5,
@@ -111,7 +112,7 @@ def reference(tmp_path_factory, omniglot_small_data_dir):
 def test_sigkill_mid_save_sigterm_and_sigkill_then_resume_bitwise(
   reference, tmp_path, omniglot_small_data_dir
 ):
-  seed = random.randrange(1 << 30)
+  seed = int(os.environ.get("FSL_FAULT_SEED", random.randrange(1 << 30)))  # To replay a run.
   rng = random.Random(seed)
   why = f"(random seed {seed})"
   print(f"kill points drawn with random seed {seed}")
@@ -125,7 +126,8 @@ def test_sigkill_mid_save_sigterm_and_sigkill_then_resume_bitwise(
   assert latest == 2, names
   assert any(name.startswith("4.") for name in names), f"no half-written step 4 in {names}"
 
-  # 2. SIGTERM after a random step: the child finishes it, saves, and exits 75.
+  # 2. SIGTERM after a random step: the child finishes its step, saves, and exits 75.
+  # (The child may be a few steps ahead of the line the test has read.)
   term_after = rng.randint(5, 8)
   child = start_child(workdir, omniglot_small_data_dir)
   resumed = wait_for(child, f"step {term_after}/{NUM_STEPS}")
@@ -135,11 +137,11 @@ def test_sigkill_mid_save_sigterm_and_sigkill_then_resume_bitwise(
   assert "Traceback" not in child.rest
   stopped_at = int(child.rest.split("stopped by SIGTERM after step ")[1].split(";")[0])
   latest, names = checkpoint_steps(workdir)
-  assert term_after <= stopped_at == latest < NUM_STEPS, (why, names)
+  assert term_after <= stopped_at == latest < NUM_STEPS - 1, (why, names)
   assert not [n for n in names if "tmp" in n], f"a temporary folder was left: {names} {why}"
 
   # 3. SIGKILL at a random later step, with no warning.
-  kill_after = rng.randint(stopped_at + 1, NUM_STEPS - 1)
+  kill_after = min(rng.randint(stopped_at + 1, stopped_at + 3), NUM_STEPS - 1)
   child = start_child(workdir, omniglot_small_data_dir)
   wait_for(child, f"step {kill_after}/{NUM_STEPS}")
   assert kill(child, signal.SIGKILL) == -signal.SIGKILL
