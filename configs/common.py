@@ -48,6 +48,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # checked every log_every steps; the run then validates, checkpoints and tests
   # as if num_steps were reached.
   config.train.max_minutes = 0.0
+  # A non-finite loss or gradient: "stop", or "restart_lower_lr" from the latest
+  # checkpoint with the learning rate times divergence_lr_factor (see divergence.py).
+  config.train.on_divergence = "stop"
+  config.train.divergence_lr_factor = 0.5
+  config.train.max_divergence_restarts = 3
 
   config.eval = ml_collections.ConfigDict()
   config.eval.n_way = 5

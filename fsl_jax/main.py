@@ -20,8 +20,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import distributed, evaluate_checkpoint, train
+from fsl_jax import config_check, distributed, evaluate_checkpoint, train
 from fsl_jax.errors import FslError
+from fsl_jax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -81,7 +82,11 @@ def main(argv):
   except FslError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:
+    logging.warning("%s", e)
+    print(f"preempted: {e} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

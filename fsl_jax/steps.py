@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from fsl_jax import sharding
+from fsl_jax import divergence, sharding
 from fsl_jax.data.episodes import Episode
 from fsl_jax.state import TrainState
 
@@ -29,7 +29,10 @@ def make_train_step(
 ):
   """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
 
-  Metrics are means over the meta-batch. Batch statistics become the mean of the
+  Metrics are means over the meta-batch, plus ``grad_norm`` and
+  ``first_bad_step`` (int32: this step's 1-based number if its loss, gradient or
+  update is not finite, and then the step changes nothing but ``state.step``;
+  else INT32_MAX; see divergence.py). Batch statistics become the mean of the
   per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
   With a ``mesh``, the episodes come sharded P("data") and the new state and the
   metrics are pinned replicated P(): XLA all-reduces the mean gradient.
@@ -47,12 +50,19 @@ def make_train_step(
   def train_step(state: TrainState, episodes: Episode):
     meta_batch_size = episodes.query_labels.shape[0]
     rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch_size)
-    grads, (metrics, batch_stats) = jax.grad(meta_loss, has_aux=True)(
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(meta_loss, has_aux=True)(
       state.params, state.batch_stats, episodes, rngs, state.step
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    # A non-finite step changes nothing but the step counter (see divergence.py).
+    finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+    finite &= jnp.isfinite(optax.tree.norm(updates))
+    params, batch_stats, opt_state = divergence.keep_if_finite(
+      finite, (params, batch_stats, opt_state), (state.params, state.batch_stats, state.opt_state)
+    )
+    metrics["first_bad_step"] = divergence.first_bad_step(finite, state.step + 1)
     new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )

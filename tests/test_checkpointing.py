@@ -1,11 +1,15 @@
-"""Checkpoints: round trip, the best by validation accuracy, and what is kept."""
+"""Checkpoints: round trip, the best by validation accuracy, what is kept, and errors."""
+
+import errno
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
+from orbax.checkpoint._src.path import async_path
 
-from fsl_jax.checkpointing import Checkpoints
+from fsl_jax.checkpointing import CheckpointError, Checkpoints
 from fsl_jax.models.conv4 import Conv4
 from fsl_jax.state import create_train_state
 
@@ -43,3 +47,54 @@ def test_no_temporary_folder_is_left_after_a_save(tmp_path):
   assert "0" in names
   assert not [n for n in names if "tmp" in n]
   checkpoints.close()
+
+
+def test_a_checkpoint_of_another_model_shape_is_a_clear_error_and_is_kept(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path))
+  checkpoints.save(make_state())
+  checkpoints.close()
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+  other = create_train_state(
+    Conv4(filters=8, num_blocks=2), optax.adam(1e-3), jnp.zeros((2, 8, 8, 1), jnp.uint8), 0
+  )
+  reopened = Checkpoints(str(tmp_path))
+  with pytest.raises(CheckpointError) as error:
+    reopened.restore(0, other)
+  message = str(error.value)
+  assert str(tmp_path / "checkpoints") in message and "Use a new --workdir" in message
+  assert "params/Conv3x3_0/kernel has shape (3, 3, 1, 4) in the checkpoint" in message
+  assert "(3, 3, 1, 8) in this config" in message
+  reopened.close()
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("where", ["mkdir", "rename"])  # Creating the step, committing it.
+def test_a_full_disk_during_a_save_keeps_the_earlier_checkpoints(tmp_path, monkeypatch, where):
+  checkpoints = Checkpoints(str(tmp_path))
+  saved = {}
+  for step in (1, 2):
+    state = make_state(seed=step).replace(step=jnp.asarray(step, jnp.int32))
+    saved[step] = jax.device_get(state)
+    checkpoints.save(state)
+
+  async def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(async_path, where, disk_full)
+    with pytest.raises(CheckpointError) as error:
+      checkpoints.save(make_state(seed=3).replace(step=jnp.asarray(3, jnp.int32)))
+  message = str(error.value)
+  assert "could not save the checkpoint of step 3" in message
+  assert "No space left on device" in message and "(steps [1, 2]) are intact" in message
+  assert "resume from step 2" in message
+  checkpoints.close()
+
+  reopened = Checkpoints(str(tmp_path))  # As the next run would.
+  assert reopened.latest_step() == 2
+  for step in (1, 2):
+    restored = reopened.restore(step, make_state())
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved[step])
+  reopened.save(make_state(seed=3).replace(step=jnp.asarray(3, jnp.int32)))  # Space is back.
+  assert reopened.latest_step() == 3
+  reopened.close()

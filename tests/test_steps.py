@@ -64,7 +64,7 @@ def test_train_step_compiles_once_donates_state_and_is_deterministic():
   assert step._cache_size() == 1
   assert int(runs[0].step) == 4
   jax.tree.map(np.testing.assert_array_equal, runs[0].params, runs[1].params)
-  assert set(metrics) == {"loss", "accuracy", "grad_norm"}
+  assert set(metrics) == {"loss", "accuracy", "grad_norm", "first_bad_step"}
 
 
 def test_eval_step_returns_one_value_per_episode_and_compiles_once():

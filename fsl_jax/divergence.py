@@ -1,0 +1,121 @@
+"""Non-finite losses and gradients: detect on device, stop or restart on the host.
+
+The trade-off. Reading a flag every step would cost a host sync per step, so:
+
+* Inside the jitted step, ``keep_if_finite`` makes a step whose loss, gradient
+  norm or update norm is not finite a no-op on the params, batch statistics and
+  optimiser state (the step counter still advances, so the episode stream stays
+  aligned). No NaN ever lands in the state.
+* The step also returns ``first_bad_step``: its own 1-based number if it was not
+  finite, else INT32_MAX. ``DivergenceMonitor`` keeps the running minimum on
+  device (one tiny op per step) and the host reads it only where it syncs
+  anyway: at log steps and before every validation and checkpoint. So no state
+  from after a bad step is ever saved, and the error names the first bad step,
+  at most ``log_every`` steps after it happened.
+
+``config.train.on_divergence`` chooses what follows: "stop" raises
+``DivergenceError``; "restart_lower_lr" restores the latest checkpoint (which
+predates the bad step) and multiplies the learning rate by
+``config.train.divergence_lr_factor``, at most ``max_divergence_restarts`` times.
+The lowered scale is kept in ``workdir/divergence.json`` so that a resumed run
+goes on with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fsl_jax.errors import ConfigError, FslError
+
+NO_BAD_STEP = np.iinfo(np.int32).max
+POLICIES = ("stop", "restart_lower_lr")
+STATE_FILE = "divergence.json"
+
+
+class DivergenceError(FslError):
+  """Training produced a non-finite loss or gradient."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+def keep_if_finite(finite: jax.Array, new_tree, old_tree):
+  """``new_tree`` where ``finite`` (a bool scalar) holds, else ``old_tree``, leaf by leaf."""
+  return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_tree, old_tree)
+
+
+def first_bad_step(finite: jax.Array, step_number: jax.Array) -> jax.Array:
+  """int32 []: ``step_number`` if not ``finite``, else NO_BAD_STEP."""
+  return jnp.where(finite, jnp.int32(NO_BAD_STEP), step_number.astype(jnp.int32))
+
+
+class DivergenceMonitor:
+  """The first bad step seen so far, on device; ``check`` reads it (one host sync)."""
+
+  def __init__(self):
+    self._first = None
+
+  def update(self, first_bad: jax.Array) -> None:
+    self._first = first_bad if self._first is None else jnp.minimum(self._first, first_bad)
+
+  def first_bad_step(self) -> int | None:
+    if self._first is None:
+      return None
+    first = int(jax.device_get(self._first))
+    return None if first == NO_BAD_STEP else first
+
+
+def check_config(train: ml_collections.ConfigDict) -> None:
+  if train.on_divergence not in POLICIES:
+    raise ConfigError(
+      f"config.train.on_divergence must be one of {POLICIES}, got {train.on_divergence!r}."
+    )
+  if not 0.0 < train.divergence_lr_factor < 1.0:
+    raise ConfigError(
+      "config.train.divergence_lr_factor must be in (0, 1), e.g. 0.5; "
+      f"got {train.divergence_lr_factor}."
+    )
+
+
+def message(step: int, learning_rate: float, workdir: str, last_good: int | None) -> str:
+  kept = (
+    f"The last good checkpoint, step {last_good}, is kept in {workdir}/checkpoints"
+    if last_good is not None
+    else "No checkpoint had been saved yet"
+  )
+  return (
+    f"training diverged: the loss or gradient is not finite at step {step} "
+    f"(learning rate {learning_rate:g}). {kept}; nothing from step {step} on was saved. "
+    "Lower --config.optim.learning_rate and run again to resume from it, or set "
+    "--config.train.on_divergence=restart_lower_lr to do that automatically."
+  )
+
+
+def load_lr_scale(workdir: str) -> float:
+  """The learning-rate scale left by earlier restarts in this workdir (1.0 if none)."""
+  path = os.path.join(workdir, STATE_FILE)
+  if not os.path.exists(path):
+    return 1.0
+  with open(path) as f:
+    return float(json.load(f)["lr_scale"])
+
+
+def record_restart(workdir: str, lr_scale: float, bad_step: int, resumed_from: int | None) -> None:
+  """Appends the restart to ``workdir/divergence.json`` (atomically) with the new scale."""
+  path = os.path.join(workdir, STATE_FILE)
+  history = []
+  if os.path.exists(path):
+    with open(path) as f:
+      history = json.load(f)["restarts"]
+  history.append({"bad_step": bad_step, "resumed_from": resumed_from, "lr_scale": lr_scale})
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"lr_scale": lr_scale, "restarts": history}, f, indent=2)
+  os.replace(tmp, path)
