@@ -216,7 +216,8 @@ def test_a_checkpoint_continues_on_another_device_count(runs, direction):
 def test_two_processes_give_the_same_state_and_write_one_metrics_file(runs):
   assert_same_state(runs.two, runs.one["protonet"])
   names = sorted(p.name for p in runs.two.iterdir())
-  assert names == ["checkpoints", "metrics.jsonl", "results.json", "tensorboard"]
+  # One of each: only process 0 writes metrics and results and holds the workdir lock.
+  assert names == ["checkpoints", "metrics.jsonl", "results.json", "tensorboard", "train.lock"]
   assert len(list((runs.two / "tensorboard").iterdir())) == 1
   rows = [json.loads(line) for line in (runs.two / "metrics.jsonl").read_text().splitlines()]
   reference = [
