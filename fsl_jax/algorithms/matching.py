@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax.algorithms.distances import similarity_logits
+from fsl_jax.algorithms.episode_embedding import embed_episode, query_metrics
 from fsl_jax.data.episodes import Episode
 
 
@@ -107,23 +108,12 @@ def episode_loss(
     (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}, plus
     "predictions" [N*Q] (the predicted class of each query) when not training.
   """
-  n_support = episode.support.shape[0]
-  images = jnp.concatenate([episode.support, episode.query])  # [N*K + N*Q, H, W, C]
-  variables = {"params": params, "batch_stats": batch_stats}
-  if train:
-    embeddings, updates = model.apply(
-      variables, images, train=True, n_support=n_support, mutable=["batch_stats"]
-    )
-    batch_stats = updates["batch_stats"]
-  else:
-    embeddings = model.apply(variables, images, train=False, n_support=n_support)
-  support, query = embeddings[:n_support], embeddings[n_support:]  # [N*K, D], [N*Q, D]
+  support, query, batch_stats = embed_episode(
+    model, params, batch_stats, episode, train=train, n_support=episode.support.shape[0]
+  )  # [N*K, D], [N*Q, D]
   log_probs = query_log_probs(
     support, episode.support_labels, query, n_way, distance, cosine_scale
   )  # [N*Q, N]
   loss = -jnp.mean(jnp.take_along_axis(log_probs, episode.query_labels[:, None], axis=-1))
-  predictions = jnp.argmax(log_probs, axis=-1)  # [N*Q]
-  metrics = {"loss": loss, "accuracy": jnp.mean(predictions == episode.query_labels)}
-  if not train:
-    metrics["predictions"] = predictions  # Per query, for plots and Lake's runs.
+  metrics = query_metrics(loss, log_probs, episode.query_labels, train)
   return loss, (metrics, batch_stats)

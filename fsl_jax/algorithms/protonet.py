@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from fsl_jax.algorithms.distances import similarity_logits
+from fsl_jax.algorithms.episode_embedding import embed_episode, query_metrics
 from fsl_jax.data.episodes import Episode
 
 
@@ -74,25 +75,10 @@ def episode_loss(
     (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}, plus
     "predictions" [N*Q] (the predicted class of each query) when not training.
   """
-  n_support = episode.support.shape[0]
-  images = jnp.concatenate([episode.support, episode.query])  # [N*K + N*Q, H, W, C]
-  variables = {"params": params, "batch_stats": batch_stats}
-  if train:
-    embeddings, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    batch_stats = updates["batch_stats"]
-  else:
-    embeddings = model.apply(variables, images, train=False)
+  support, query, batch_stats = embed_episode(model, params, batch_stats, episode, train=train)
   logits = query_logits(
-    embeddings[:n_support],
-    episode.support_labels,
-    embeddings[n_support:],
-    n_way,
-    distance,
-    cosine_scale,
+    support, episode.support_labels, query, n_way, distance, cosine_scale
   )  # [N*Q, N]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, episode.query_labels).mean()
-  predictions = jnp.argmax(logits, axis=-1)  # [N*Q]
-  metrics = {"loss": loss, "accuracy": jnp.mean(predictions == episode.query_labels)}
-  if not train:
-    metrics["predictions"] = predictions  # Per query, for plots and Lake's runs.
+  metrics = query_metrics(loss, logits, episode.query_labels, train)
   return loss, (metrics, batch_stats)
