@@ -11,7 +11,8 @@ The convolution has two formulations with identical numbers, chosen per backend
 * ``"im2col"``: nine shifted slices concatenated on the channel axis, then one
   matmul ``[B*H*W, 9*C_in] @ [9*C_in, C_out]``. On XLA:CPU this beats the direct
   convolution, and under ``vmap`` with per-task weights it becomes a batched
-  matmul rather than a slow grouped convolution.
+  matmul rather than a slow grouped convolution. Its VJP is written by hand
+  (``im2col_conv``) so that each of the two backward products is one matmul.
 
 Max-pooling routes each window's gradient to its argmax through a custom VJP (see
 ``max_pool_2x2``): on CPU this is far cheaper than ``reduce_window``'s
@@ -25,6 +26,7 @@ in training and ``apply(variables, x, train=False)`` at test time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import chex
@@ -64,26 +66,69 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.
     [B, H', W', C_out] with H' = ceil(H / stride),
     ``y[b,i,j,o] = sum_{dy,dx,c} x_pad[b, s*i+dy, s*j+dx, c] k[dy,dx,c,o]``.
   """
-  _, h, w, c_in = x.shape
-  pad_h, pad_w = same_padding(h, stride), same_padding(w, stride)
   if impl == "xla":
+    _, h, w, _ = x.shape
+    pad_h, pad_w = same_padding(h, stride), same_padding(w, stride)
     return jax.lax.conv_general_dilated(
       x, kernel, (stride, stride), (pad_h, pad_w), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
   if impl == "im2col":
-    h_out, w_out = -(-h // stride), -(-w // stride)
-    padded = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    # Channel index (dy*3 + dx)*C_in + c matches kernel.reshape(9*C_in, C_out).
-    patches = jnp.concatenate(
-      [
-        padded[:, dy : dy + stride * h_out : stride, dx : dx + stride * w_out : stride, :]
-        for dy in range(3)
-        for dx in range(3)
-      ],
-      axis=-1,
-    )
-    return patches @ kernel.reshape(9 * c_in, kernel.shape[-1])
+    return im2col_conv(x, kernel, stride)
   raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+
+
+def im2col(x: jax.Array, stride: int) -> jax.Array:
+  """[B, H, W, C] -> patches [B, H', W', 9*C] of the 'SAME' 3x3 windows.
+
+  Channel index (dy*3 + dx)*C + c, which matches ``kernel.reshape(9*C, C_out)``.
+  """
+  _, h, w, _ = x.shape
+  h_out, w_out = -(-h // stride), -(-w // stride)
+  padded = jnp.pad(x, ((0, 0), same_padding(h, stride), same_padding(w, stride), (0, 0)))
+  return jnp.concatenate(
+    [
+      padded[:, dy : dy + stride * h_out : stride, dx : dx + stride * w_out : stride, :]
+      for dy in range(3)
+      for dx in range(3)
+    ],
+    axis=-1,
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """``im2col(x) @ kernel.reshape(9*C_in, C_out)``, with a hand-written VJP.
+
+  The VJP is what autodiff would derive, written so XLA:CPU lowers each product
+  to one matmul without transposing the [B*H*W, C_out] cotangent first:
+
+    dK = P^T G    (P = im2col(x) [B*H'*W', 9*C_in], G = dY [B*H'*W', C_out])
+    dX = im2col^T(G K^T)   (the adjoint of im2col adds each window back in place)
+
+  The backward pass is plain JAX, so it can itself be differentiated (second-order
+  MAML).
+  """
+  return _im2col_conv_fwd(x, kernel, stride)[0]
+
+
+def _im2col_conv_fwd(x, kernel, stride):
+  patches = im2col(x, stride)
+  out = patches @ kernel.reshape(-1, kernel.shape[-1])
+  return out, (patches, kernel, x.shape)
+
+
+def _im2col_conv_bwd(stride, residuals, g):
+  patches, kernel, x_shape = residuals
+  x_struct = jax.ShapeDtypeStruct(x_shape, patches.dtype)
+  c_out = kernel.shape[-1]
+  p2, g2 = patches.reshape(-1, patches.shape[-1]), g.reshape(-1, c_out)
+  d_kernel = jax.lax.dot_general(p2, g2, (((0,), (0,)), ((), ()))).reshape(kernel.shape)
+  d_patches = (g2 @ kernel.reshape(-1, c_out).T).reshape(patches.shape)
+  (d_x,) = jax.linear_transpose(functools.partial(im2col, stride=stride), x_struct)(d_patches)
+  return d_x, d_kernel
+
+
+im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
 
 
 def _window_corners(x: jax.Array) -> tuple[jax.Array, ...]:
