@@ -111,7 +111,8 @@ def set_maml(
 ) -> ml_collections.ConfigDict:
   """MAML settings (Finn et al. 2017) with the extensions switched off.
 
-  Switches: first_order; remat (jax.checkpoint each inner step); meta_sgd (learnt
+  Switches: first_order; remat (jax.checkpoint each inner step); unroll (unroll the
+  inner scan when tracing: faster steps, longer compiles); meta_sgd (learnt
   per-parameter inner rates, Li et al. 2017); anil (adapt only the head, Raghu et
   al. 2020); multi_step_loss (MAML++, Antoniou et al. 2019).
   """
@@ -123,6 +124,7 @@ def set_maml(
       test_inner_steps=test_inner_steps,
       first_order=False,
       remat=False,
+      unroll=True,
       meta_sgd=False,
       anil=False,
       multi_step_loss=False,

@@ -49,6 +49,8 @@ class Workload:
   filters: int = 64
   images_per_class: int = 20
   fce: bool = False  # Matching Networks' Full Context Embeddings.
+  # "max_pool", or "stride": Finn et al.'s Omniglot model (stride-2 convs, spatial mean).
+  downsample: str = "max_pool"
 
 
 OMNIGLOT = dict(classes=4112, image_shape=(28, 28, 1))
@@ -66,6 +68,7 @@ WORKLOADS = {
       meta_batch_size=32,
       inner_steps=1,
       inner_lr=0.4,
+      downsample="stride",
       **OMNIGLOT,
     ),
     Workload(
@@ -75,6 +78,7 @@ WORKLOADS = {
       meta_batch_size=16,
       inner_steps=5,
       inner_lr=0.1,
+      downsample="stride",
       **OMNIGLOT,
     ),
     Workload("proto_mini_30w1s", "protonet", shape=EpisodeShape(30, 1, 15), **MINI),
@@ -115,6 +119,7 @@ def workload_config(
   config.algorithm = workload.algorithm
   config.model.conv_impl = conv_impl
   config.model.filters = workload.filters
+  config.model.downsample = workload.downsample
   channels = workload.image_shape[-1]
   config.model.pixel_mean = (0.5,) * channels
   config.model.pixel_std = (0.25,) * channels

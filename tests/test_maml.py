@@ -144,18 +144,26 @@ def test_zero_inner_steps_is_the_plain_query_loss_gradient():
     assert_trees_close(meta_grads, plain, rtol=1e-10, atol=1e-12)
 
 
-def test_remat_gives_the_same_gradients():
+@pytest.mark.parametrize("first_order", [False, True])
+def test_remat_and_unroll_give_the_same_gradients(first_order):
   episode = make_episode(4)
   params, stats = init()
   grads = [
     jax.jit(
       jax.grad(
-        meta_loss_fn(maml.MamlSettings(inner_lr=0.3, inner_steps=3, remat=r), stats, episode)
+        meta_loss_fn(
+          maml.MamlSettings(
+            inner_lr=0.3, inner_steps=3, remat=r, unroll=u, first_order=first_order
+          ),
+          stats,
+          episode,
+        )
       )
     )({"model": params})
-    for r in (False, True)
+    for r, u in ((False, False), (True, False), (False, True), (True, True))
   ]
-  assert_trees_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+  for other in grads[1:]:
+    assert_trees_close(grads[0], other, rtol=1e-5, atol=1e-6)
 
 
 def test_remat_keeps_second_order_memory_flat():

@@ -18,6 +18,12 @@ meta-batch by ``vmap`` (``fsl_jax/steps.py``). Its gradient is
 * ``remat=True`` wraps each inner step in ``jax.checkpoint``: the backward pass
   recomputes each step's activations instead of storing them all, so
   second-order memory stays flat as S grows.
+* ``unroll=True`` (the default) unrolls the scan when tracing. XLA then fuses and
+  schedules across inner steps, and its cost analysis counts every step (a
+  rolled loop's body is counted once). Second order ran 25% faster on the 2-core
+  CPU (maml_mini_5w1s 2.22 -> 1.68 s/step) for 10-50% longer compiles; set it
+  False for long inner loops. With ``remat`` the loop stays rolled: unrolled,
+  XLA's buffer assignment no longer keeps the memory flat.
 
 Options beyond the reference code, each a config switch:
 
@@ -62,6 +68,7 @@ class MamlSettings:
   test_inner_steps: int = 3
   first_order: bool = False
   remat: bool = False
+  unroll: bool = True
   meta_sgd: bool = False
   anil: bool = False
   multi_step_loss: bool = False
@@ -103,6 +110,7 @@ def inner_adapt(
   first_order: bool,
   remat: bool = False,
   per_step_fn=None,
+  unroll: bool = False,
 ):
   """S steps of gradient descent on ``loss_fn``, as a ``lax.scan``.
 
@@ -113,6 +121,7 @@ def inner_adapt(
     num_steps: S (static); 0 returns params unchanged.
     first_order: stop_gradient on the inner gradients.
     remat: jax.checkpoint each step, trading compute for flat memory.
+    unroll: unroll the scan when tracing (one XLA program per step, no while loop).
     per_step_fn: optional theta_s -> pytree, evaluated after each step and
       stacked along a leading axis of length S (for the multi-step loss).
 
@@ -129,7 +138,7 @@ def inner_adapt(
 
   if remat:
     step = jax.checkpoint(step)
-  return jax.lax.scan(step, params, None, length=num_steps)
+  return jax.lax.scan(step, params, None, length=num_steps, unroll=unroll)
 
 
 def multi_step_weights(num_steps: int, train_step: jax.Array, anneal_steps: int) -> jax.Array:
@@ -189,6 +198,7 @@ def episode_loss(
     num_steps,
     first_order=settings.first_order or not train,
     remat=settings.remat,
+    unroll=settings.unroll and not settings.remat,
     per_step_fn=query_loss if use_msl else None,
   )
   query_logits = logits(adapted, episode.query)  # [N*Q, N]
