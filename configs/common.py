@@ -34,6 +34,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.pixel_std = (1.0,)
   config.model.num_blocks = 4
   config.model.downsample = "max_pool"  # Or "stride" (Finn et al.'s Omniglot model).
+  # "bfloat16" (GPU/TPU): convolutions in bfloat16; params, statistics and losses in float32.
+  config.model.compute_dtype = "float32"
 
   config.train = ml_collections.ConfigDict()
   config.train.n_way = 60

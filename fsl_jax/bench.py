@@ -105,6 +105,9 @@ _CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "im2col"], "
 _ORDERS = flags.DEFINE_multi_enum(
   "order", ["first", "second"], ["first", "second"], "MAML orders to run."
 )
+_DTYPE = flags.DEFINE_enum(
+  "dtype", "float32", ["float32", "bfloat16"], "config.model.compute_dtype (params stay float32)."
+)
 _REMAT = flags.DEFINE_bool("remat", False, "MAML: jax.checkpoint each inner step.")
 _INNER_STEPS = flags.DEFINE_integer(
   "inner_steps", None, "MAML: override the workload's number of inner steps (memory studies)."
@@ -112,12 +115,17 @@ _INNER_STEPS = flags.DEFINE_integer(
 
 
 def workload_config(
-  workload: Workload, first_order: bool, conv_impl: str, remat: bool = False
+  workload: Workload,
+  first_order: bool,
+  conv_impl: str,
+  remat: bool = False,
+  dtype: str = "float32",
 ) -> ml_collections.ConfigDict:
   """The library config that trains ``workload``."""
   config = common.get_base_config()
   config.algorithm = workload.algorithm
   config.model.conv_impl = conv_impl
+  config.model.compute_dtype = dtype
   config.model.filters = workload.filters
   config.model.downsample = workload.downsample
   channels = workload.image_shape[-1]
@@ -208,17 +216,24 @@ def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repea
   }
 
 
-def run(workload: Workload, repeats: int, conv_impl: str, first_order=None, remat=False) -> dict:
+def run(
+  workload: Workload,
+  repeats: int,
+  conv_impl: str,
+  first_order=None,
+  remat=False,
+  dtype: str = "float32",
+) -> dict:
   if workload.algorithm == "sampler":
     timing = time_sampler(workload, repeats)
   else:
-    config = workload_config(workload, bool(first_order), conv_impl, remat)
+    config = workload_config(workload, bool(first_order), conv_impl, remat, dtype)
     timing = time_train_step(workload, config, repeats)
   return {
     "workload": workload.name,
     "algorithm": workload.algorithm,
     "first_order": first_order,
-    "dtype": "float32",
+    "dtype": dtype if workload.algorithm != "sampler" else None,
     "backend": jax.default_backend(),
     "devices": jax.device_count(),
     "host_huge_pages": huge_pages.active(),
@@ -239,7 +254,9 @@ def main(argv):
       workload = dataclasses.replace(workload, inner_steps=_INNER_STEPS.value)
     orders = [o == "first" for o in _ORDERS.value] if workload.algorithm == "maml" else [None]
     for first_order in orders:
-      result = run(workload, _REPEATS.value, _CONV_IMPL.value, first_order, _REMAT.value)
+      result = run(
+        workload, _REPEATS.value, _CONV_IMPL.value, first_order, _REMAT.value, _DTYPE.value
+      )
       print(json.dumps(result), flush=True)
 
 

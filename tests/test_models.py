@@ -167,3 +167,45 @@ def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second
     return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(inner)(x) ** 2)))
 
   np.testing.assert_allclose(second(max_pool_2x2)(x), second(gather_pool)(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+def test_bfloat16_compute_keeps_float32_params_and_outputs_and_matches_float32(impl):
+  images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
+  models = {d: Conv4(filters=16, conv_impl=impl, compute_dtype=d) for d in ("float32", "bfloat16")}
+  variables = models["float32"].init(jax.random.PRNGKey(0), images, train=False)
+
+  def loss(params, dtype):
+    y, _ = models[dtype].apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return jnp.mean(y**2), y
+
+  outs = {
+    d: jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(variables["params"], d)
+    for d in models
+  }
+  (_, y16), g16 = outs["bfloat16"]
+  (_, y32), g32 = outs["float32"]
+  assert y16.dtype == jnp.float32
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g16))
+  # bfloat16 keeps 8 bits of mantissa: relative error of a few 1e-3 per op.
+  np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05)
+  # Rounding can move a max-pool's argmax, so gradients agree in direction, not to 1e-3.
+  for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32), strict=True):
+    a, b = np.ravel(a), np.ravel(b)
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.95  # Measured: >= 0.967.
+  # The convolutions really run in bfloat16.
+  text = jax.jit(lambda p: loss(p, "bfloat16")[0]).lower(variables["params"]).as_text()
+  op = "convolution" if impl == "xla" else "dot_general"
+  assert any(op in line and "bf16" in line for line in text.splitlines())
+
+
+def test_unknown_compute_dtype_is_an_error():
+  with pytest.raises(ValueError, match="compute_dtype must be one of"):
+    Conv4(compute_dtype="float16").init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1), jnp.uint8), train=False
+    )

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "im2col")
 DOWNSAMPLES = ("max_pool", "stride")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -194,7 +195,7 @@ class Conv3x3(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", torch_default_init, (3, 3, x.shape[-1], self.features))
-    return conv3x3(x, kernel, self.impl, self.stride)
+    return conv3x3(x, kernel.astype(x.dtype), self.impl, self.stride)
 
 
 class Conv4(nn.Module):
@@ -208,6 +209,10 @@ class Conv4(nn.Module):
     downsample: "max_pool" (2x2 max-pool after each block, as Snell, Vinyals and the
       reference MAML code) or "stride" (stride-2 convs and a final spatial mean, as
       Finn et al.'s original Omniglot model).
+    compute_dtype: "float32", or "bfloat16" for GPUs and TPUs: convolutions,
+      batch norm's normalisation, ReLU and pooling run in bfloat16, while params,
+      batch-norm statistics (Flax reduces in float32) and the output stay float32.
+      "float32" means the default float type, float64 under ``jax.enable_x64``.
   """
 
   filters: int = 64
@@ -217,24 +222,30 @@ class Conv4(nn.Module):
   num_outputs: int | None = None
   num_blocks: int = 4
   downsample: str = "max_pool"
+  compute_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
     chex.assert_rank(images, 4)  # [B, H, W, C]
-    # The default float type: float32, or float64 under jax.enable_x64 (for exact tests).
-    x = images.astype(jnp.result_type(float)) / 255.0
-    x = (x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+    # The default float type: float32, or float64 under jax.enable_x64 (for exact tests).
+    out_dtype = jnp.result_type(float)
+    dtype = jnp.bfloat16 if self.compute_dtype == "bfloat16" else out_dtype
+    x = images.astype(out_dtype) / 255.0
+    x = ((x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)).astype(dtype)
     strided = self.downsample == "stride"
     for _ in range(self.num_blocks):
       x = Conv3x3(self.filters, self.conv_impl, stride=2 if strided else 1)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)(x)
       x = nn.relu(x)
       if not strided:
         x = max_pool_2x2(x)
     # [B, F] after a spatial mean (strided), else [B, F * h * w].
     x = x.mean(axis=(1, 2)) if strided else x.reshape(x.shape[0], -1)
+    x = x.astype(out_dtype)
     if self.num_outputs is not None:
       x = nn.Dense(self.num_outputs, name="head")(x)
     return x
