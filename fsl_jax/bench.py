@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
-from fsl_jax import huge_pages, sharding
+from fsl_jax import host_allocator, sharding
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
@@ -236,7 +236,7 @@ def run(
     "dtype": dtype if workload.algorithm != "sampler" else None,
     "backend": jax.default_backend(),
     "devices": jax.device_count(),
-    "host_huge_pages": huge_pages.active(),
+    "host_allocator": host_allocator.active(),
     **timing,
     "episodes_per_second": workload.meta_batch_size / timing["step_seconds_median"],
     "peak_rss_mb": peak_rss_mb(),
@@ -261,5 +261,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
+  host_allocator.reexec_with_fast_allocator()
   app.run(main)

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import config_check, distributed, evaluate_checkpoint, huge_pages, train
+from fsl_jax import config_check, distributed, evaluate_checkpoint, host_allocator, train
 from fsl_jax.errors import FslError
 from fsl_jax.preemption import PREEMPTED_EXIT_CODE, Preempted
 
@@ -89,5 +89,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
+  host_allocator.reexec_with_fast_allocator()
   app.run(main, flags_parser=config_check.parse_flags)
