@@ -67,7 +67,12 @@ def glibc_version() -> tuple[int, int] | None:
 
 
 def find_tcmalloc() -> str | None:
-  """The shared library name of tcmalloc, e.g. "libtcmalloc_minimal.so.4", or None."""
+  """tcmalloc's shared library name on Linux, e.g. "libtcmalloc_minimal.so.4", or None.
+
+  Elsewhere None: ``LD_PRELOAD`` is how Linux's dynamic linker loads it first.
+  """
+  if not sys.platform.startswith("linux"):
+    return None
   return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
 
 

@@ -121,3 +121,8 @@ def test_this_host_can_use_a_faster_allocator():
   if sys.platform != "linux":
     pytest.skip("the allocator switch is for Linux hosts")
   assert allocator in ("tcmalloc", "huge_pages")
+
+
+def test_tcmalloc_is_only_preloaded_on_linux(monkeypatch):
+  monkeypatch.setattr(sys, "platform", "darwin")
+  assert host_allocator.find_tcmalloc() is None
