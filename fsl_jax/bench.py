@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
-from fsl_jax import host_allocator, sharding
+from fsl_jax import host_allocator, op_profile, sharding
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
@@ -108,6 +108,9 @@ _ORDERS = flags.DEFINE_multi_enum(
 _DTYPE = flags.DEFINE_enum(
   "dtype", "float32", ["float32", "bfloat16"], "config.model.compute_dtype (params stay float32)."
 )
+_PROFILE_TOP = flags.DEFINE_integer(
+  "profile_top", 0, "Also trace 3 steps and report the N slowest XLA operations (top_ops)."
+)
 _REMAT = flags.DEFINE_bool("remat", False, "MAML: jax.checkpoint each inner step.")
 _INNER_STEPS = flags.DEFINE_integer(
   "inner_steps", None, "MAML: override the workload's number of inner steps (memory studies)."
@@ -175,7 +178,9 @@ def time_sampler(workload: Workload, repeats: int) -> dict:
   return {"step_seconds_median": statistics.median(times), "step_seconds_min": min(times)}
 
 
-def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repeats: int) -> dict:
+def time_train_step(
+  workload: Workload, config: ml_collections.ConfigDict, repeats: int, profile_top: int = 0
+) -> dict:
   sampler = EpisodeSampler(synthetic_images(workload), workload.shape, seed=0)
   mesh = sharding.make_mesh()
   model, algorithm = make_algorithm(config)
@@ -203,6 +208,16 @@ def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repea
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   memory = jax.devices()[0].memory_stats() or {}
+  profile = {}
+  if profile_top:
+
+    def three_steps():
+      nonlocal state
+      for i in range(3):
+        state, out = compiled(state, batches[i % len(batches)])
+      jax.block_until_ready(out)
+
+    profile["top_ops"] = op_profile.top_ops(three_steps, 3, compiled.as_text(), profile_top)
   return {
     "step_seconds_median": statistics.median(times),
     "step_seconds_min": min(times),
@@ -213,6 +228,7 @@ def time_train_step(workload: Workload, config: ml_collections.ConfigDict, repea
     # XLA's own estimate of the step's scratch memory, on every backend.
     "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
     "conv_impl": getattr(model, "backbone", model).conv_impl,
+    **profile,
   }
 
 
@@ -223,12 +239,13 @@ def run(
   first_order=None,
   remat=False,
   dtype: str = "float32",
+  profile_top: int = 0,
 ) -> dict:
   if workload.algorithm == "sampler":
     timing = time_sampler(workload, repeats)
   else:
     config = workload_config(workload, bool(first_order), conv_impl, remat, dtype)
-    timing = time_train_step(workload, config, repeats)
+    timing = time_train_step(workload, config, repeats, profile_top)
   return {
     "workload": workload.name,
     "algorithm": workload.algorithm,
@@ -248,6 +265,8 @@ def run(
 
 def main(argv):
   del argv
+  if _PROFILE_TOP.value:
+    op_profile.enable_cpu_op_events()
   for name in _WORKLOAD.value or list(WORKLOADS):
     workload = WORKLOADS[name]
     if _INNER_STEPS.value is not None and workload.algorithm == "maml":
@@ -255,7 +274,13 @@ def main(argv):
     orders = [o == "first" for o in _ORDERS.value] if workload.algorithm == "maml" else [None]
     for first_order in orders:
       result = run(
-        workload, _REPEATS.value, _CONV_IMPL.value, first_order, _REMAT.value, _DTYPE.value
+        workload,
+        _REPEATS.value,
+        _CONV_IMPL.value,
+        first_order,
+        _REMAT.value,
+        _DTYPE.value,
+        _PROFILE_TOP.value,
       )
       print(json.dumps(result), flush=True)
 

@@ -169,7 +169,7 @@ def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second
   np.testing.assert_allclose(second(max_pool_2x2)(x), second(gather_pool)(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["xla", "im2col"])
+@pytest.mark.parametrize("impl", ["im2col"])  # "xla" shares every cast; it costs 12 s more.
 def test_bfloat16_compute_keeps_float32_params_and_outputs_and_matches_float32(impl):
   images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
   models = {d: Conv4(filters=16, conv_impl=impl, compute_dtype=d) for d in ("float32", "bfloat16")}
