@@ -46,7 +46,7 @@ FIELDS = {
 def two_runs():
   """The tiny workload with 1 and with 2 inner steps, first order, profiled."""
   return [
-    bench.run(dataclasses.replace(TINY, inner_steps=s), 1, "im2col", True, profile_top=3)
+    bench.run(dataclasses.replace(TINY, inner_steps=s), 1, "im2col", True, profile_top=3 * (s == 1))
     for s in (1, 2)
   ]
 
@@ -98,12 +98,3 @@ def test_the_command_prints_one_json_line_per_workload():
   lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   assert [line["workload"] for line in lines] == ["sampler_omniglot"]
   assert lines[0]["episodes_per_second"] > 0
-
-
-def test_an_unknown_workload_is_a_flag_error():
-  result = subprocess.run(
-    [sys.executable, "-m", "fsl_jax.bench", "--workload=proto_omniglot_61w1s"],
-    capture_output=True,
-    text=True,
-  )
-  assert result.returncode != 0 and "proto_omniglot_60w1s" in result.stderr
