@@ -277,10 +277,10 @@ def main(argv):
         workload,
         _REPEATS.value,
         _CONV_IMPL.value,
-        first_order,
-        _REMAT.value,
-        _DTYPE.value,
-        _PROFILE_TOP.value,
+        first_order=first_order,
+        remat=_REMAT.value,
+        dtype=_DTYPE.value,
+        profile_top=_PROFILE_TOP.value,
       )
       print(json.dumps(result), flush=True)
 

@@ -209,3 +209,15 @@ def test_unknown_compute_dtype_is_an_error():
     Conv4(compute_dtype="float16").init(
       jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1), jnp.uint8), train=False
     )
+
+
+@pytest.mark.parametrize("key, value", [("downsample", "avg_pool"), ("compute_dtype", "float16")])
+def test_make_model_names_the_config_key_of_an_unknown_value(key, value):
+  from configs import common
+  from fsl_jax.errors import ConfigError
+  from fsl_jax.models import make_model
+
+  config = common.get_base_config().model
+  config[key] = value
+  with pytest.raises(ConfigError, match=f"config.model.{key} must be one of .*{value}"):
+    make_model(config)

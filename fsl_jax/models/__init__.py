@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from fsl_jax.errors import ConfigError
-from fsl_jax.models.conv4 import COMPUTE_DTYPES, CONV_IMPLS, Conv4, default_conv_impl
+from fsl_jax.models.conv4 import COMPUTE_DTYPES, CONV_IMPLS, DOWNSAMPLES, Conv4, default_conv_impl
 
 
 def make_model(model: ml_collections.ConfigDict, num_outputs: int | None = None) -> Conv4:
@@ -15,10 +15,9 @@ def make_model(model: ml_collections.ConfigDict, num_outputs: int | None = None)
   impl = default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
   if impl not in CONV_IMPLS:
     raise ConfigError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}.")
-  if model.compute_dtype not in COMPUTE_DTYPES:
-    raise ConfigError(
-      f"config.model.compute_dtype must be one of {COMPUTE_DTYPES}, got {model.compute_dtype!r}."
-    )
+  for key, allowed in (("downsample", DOWNSAMPLES), ("compute_dtype", COMPUTE_DTYPES)):
+    if model[key] not in allowed:
+      raise ConfigError(f"config.model.{key} must be one of {allowed}, got {model[key]!r}.")
   return Conv4(
     filters=model.filters,
     conv_impl=impl,
