@@ -29,7 +29,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "conv4"
   config.model.filters = 64
-  config.model.conv_impl = "auto"  # "auto", "xla" or "im2col".
+  config.model.conv_impl = "auto"  # "auto", "xla", "im2col" or "winograd".
   config.model.pixel_mean = (0.0,)
   config.model.pixel_std = (1.0,)
   config.model.num_blocks = 4

@@ -101,7 +101,9 @@ _WORKLOAD = flags.DEFINE_multi_enum(
   "workload", None, list(WORKLOADS), "Workloads to run; all when not given."
 )
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per workload, after warm-up.")
-_CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "im2col"], "Convolution.")
+_CONV_IMPL = flags.DEFINE_enum(
+  "conv_impl", "auto", ["auto", "xla", "im2col", "winograd"], "Convolution."
+)
 _ORDERS = flags.DEFINE_multi_enum(
   "order", ["first", "second"], ["first", "second"], "MAML orders to run."
 )

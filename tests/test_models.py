@@ -86,14 +86,15 @@ def test_embedding_shapes(image_shape, filters, dim):
 
 def test_whole_model_agrees_across_formulations_in_train_and_eval_mode():
   images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
-  models = {impl: Conv4(conv_impl=impl) for impl in ("xla", "im2col")}
+  models = {impl: Conv4(conv_impl=impl) for impl in ("xla", "im2col", "winograd")}
   variables = models["xla"].init(jax.random.PRNGKey(0), images, train=False)
   for train in (True, False):
     outputs = {
       impl: m.apply(variables, images, train=train, mutable=["batch_stats"])[0]
       for impl, m in models.items()
     }
-    np.testing.assert_allclose(outputs["xla"], outputs["im2col"], rtol=1e-4, atol=1e-4)
+    for impl in ("im2col", "winograd"):
+      np.testing.assert_allclose(outputs["xla"], outputs[impl], rtol=1e-4, atol=1e-4)
 
 
 def test_linear_head_gives_n_way_logits():

@@ -92,7 +92,7 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
         f"MAML's head has config.train.n_way = {config.train.n_way} outputs, so "
         f"config.eval.n_way must be the same (got {config.eval.n_way})."
       )
-    model = make_model(config.model, num_outputs=config.train.n_way)
+    model = make_model(config.model, num_outputs=config.train.n_way, per_task_weights=True)
     settings = maml.MamlSettings(**config.maml.to_dict())
 
     def maml_loss(params, batch_stats, episode, rng, *, n_way, train, step):

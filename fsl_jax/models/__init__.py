@@ -8,11 +8,18 @@ from fsl_jax.errors import ConfigError
 from fsl_jax.models.conv4 import COMPUTE_DTYPES, CONV_IMPLS, DOWNSAMPLES, Conv4, default_conv_impl
 
 
-def make_model(model: ml_collections.ConfigDict, num_outputs: int | None = None) -> Conv4:
-  """The backbone that config.model describes; conv_impl "auto" picks per backend."""
+def make_model(
+  model: ml_collections.ConfigDict, num_outputs: int | None = None, per_task_weights: bool = False
+) -> Conv4:
+  """The backbone that config.model describes.
+
+  conv_impl "auto" picks the fastest formulation per backend and per use: pass
+  ``per_task_weights=True`` when the params will be ``vmap``ped per task (MAML).
+  """
   if model.name != "conv4":
     raise ConfigError(f"config.model.name must be 'conv4', got {model.name!r}.")
-  impl = default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
+  auto = model.conv_impl == "auto"
+  impl = default_conv_impl(per_task_weights=per_task_weights) if auto else model.conv_impl
   if impl not in CONV_IMPLS:
     raise ConfigError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}.")
   for key, allowed in (("downsample", DOWNSAMPLES), ("compute_dtype", COMPUTE_DTYPES)):

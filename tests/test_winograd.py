@@ -1,0 +1,88 @@
+"""Winograd F(2x2, 3x3): the same convolution as lax.conv, to second order, and its dispatch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsl_jax.models import conv4
+from fsl_jax.models.conv4 import conv3x3, default_conv_impl
+from fsl_jax.models.winograd import WINOGRAD_MIN_CHANNELS, winograd_conv
+
+
+def numpy_conv(x, k):
+  """'SAME' stride-1 3x3 convolution by its definition, in float64."""
+  _, h, w, _ = x.shape
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((*x.shape[:3], k.shape[-1]))
+  for dy in range(3):
+    for dx in range(3):
+      out += np.einsum("bhwc,co->bhwo", padded[:, dy : dy + h, dx : dx + w], k[dy, dx])
+  return out
+
+
+@pytest.mark.parametrize("side_h, side_w", [(1, 1), (2, 3), (7, 6), (8, 8), (5, 9)])
+def test_winograd_equals_the_definition_for_every_side(side_h, side_w):
+  """Odd sides are padded to whole 2x2 tiles and cropped back; exact in float64."""
+  rng = np.random.default_rng(side_h * 10 + side_w)
+  x = rng.normal(size=(2, side_h, side_w, 5))
+  k = rng.normal(size=(3, 3, 5, 4))
+  with jax.enable_x64():
+    got = np.asarray(winograd_conv(jnp.asarray(x), jnp.asarray(k)))
+  np.testing.assert_allclose(got, numpy_conv(x, k), rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_in_float32_is_within_rounding_of_the_definition():
+  rng = np.random.default_rng(0)
+  x, k = rng.normal(size=(4, 14, 14, 64)), rng.normal(size=(3, 3, 64, 64)) / 24
+  got = winograd_conv(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
+  want = numpy_conv(x, k)
+  assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
+@pytest.mark.parametrize("side", [7])
+def test_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap(side):
+  """In float64, per-task kernels under vmap (as MAML), the gradient and a gradient
+  through one gradient step (second-order MAML) agree with lax.conv's autodiff."""
+  rng = np.random.default_rng(7)
+  with jax.enable_x64():
+    x = jnp.asarray(rng.normal(size=(3, 2, side, side, 4)))  # [tasks, B, H, W, C].
+    k = jnp.asarray(rng.normal(size=(3, 3, 3, 4, 5)))  # [tasks, 3, 3, C, C_out].
+    convs = {
+      "xla": lambda x, k: conv3x3(x, k, "xla"),
+      "winograd": winograd_conv,
+    }
+
+    def loss(conv):
+      return lambda x, k: jnp.sum(jax.vmap(lambda x, k: jnp.sum(jnp.sin(conv(x, k)) ** 2))(x, k))
+
+    def meta(conv):
+      def outer(x, k):
+        gx, gk = jax.grad(loss(conv), (0, 1))(x, k)
+        return loss(conv)(x - 0.1 * gx, k - 0.1 * gk)
+
+      return outer
+
+    for fn in (loss, meta):
+      want = jax.jit(jax.grad(fn(convs["xla"]), (0, 1)))(x, k)
+      got = jax.jit(jax.grad(fn(convs["winograd"]), (0, 1)))(x, k)
+      for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_impl_uses_im2col_for_thin_or_strided_layers(monkeypatch):
+  """The image layer (C_in < 16) and strided layers go to im2col, the rest to Winograd."""
+  calls = []
+  monkeypatch.setattr(conv4, "winograd_conv", lambda x, k: calls.append("winograd") or x)
+  monkeypatch.setattr(conv4, "im2col_conv", lambda x, k, s: calls.append(f"im2col/{s}") or x)
+  wide, thin = jnp.zeros((1, 6, 6, WINOGRAD_MIN_CHANNELS)), jnp.zeros((1, 6, 6, 3))
+  conv3x3(thin, jnp.zeros((3, 3, 3, 8)), "winograd")
+  conv3x3(wide, jnp.zeros((3, 3, WINOGRAD_MIN_CHANNELS, 8)), "winograd", stride=2)
+  conv3x3(wide, jnp.zeros((3, 3, WINOGRAD_MIN_CHANNELS, 8)), "winograd")
+  assert calls == ["im2col/1", "im2col/2", "winograd"]
+
+
+def test_auto_picks_winograd_for_shared_weights_and_im2col_for_maml_on_cpu():
+  assert default_conv_impl("cpu") == "winograd"
+  assert default_conv_impl("cpu", per_task_weights=True) == "im2col"
+  assert default_conv_impl("gpu") == default_conv_impl("tpu", per_task_weights=True) == "xla"
