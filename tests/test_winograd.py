@@ -7,7 +7,7 @@ import pytest
 
 from fsl_jax.models import conv4
 from fsl_jax.models.conv4 import conv3x3, default_conv_impl
-from fsl_jax.models.winograd import WINOGRAD_MIN_CHANNELS, winograd_conv
+from fsl_jax.models.winograd import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, winograd_conv
 
 
 def numpy_conv(x, k):
@@ -70,16 +70,19 @@ def test_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap(side):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
 
 
-def test_winograd_impl_uses_im2col_for_thin_or_strided_layers(monkeypatch):
-  """The image layer (C_in < 16) and strided layers go to im2col, the rest to Winograd."""
+def test_winograd_impl_uses_im2col_for_thin_strided_or_small_layers(monkeypatch):
+  """The image layer (C_in < 16), strided layers and small maps go to im2col."""
   calls = []
   monkeypatch.setattr(conv4, "winograd_conv", lambda x, k: calls.append("winograd") or x)
   monkeypatch.setattr(conv4, "im2col_conv", lambda x, k, s: calls.append(f"im2col/{s}") or x)
-  wide, thin = jnp.zeros((1, 6, 6, WINOGRAD_MIN_CHANNELS)), jnp.zeros((1, 6, 6, 3))
+  c = WINOGRAD_MIN_CHANNELS
+  big = WINOGRAD_MIN_TILES // 9 + 1  # [big, 6, 6, C] has 9 * big >= WINOGRAD_MIN_TILES tiles.
+  wide, thin, small = jnp.zeros((big, 6, 6, c)), jnp.zeros((big, 6, 6, 3)), jnp.zeros((1, 6, 6, c))
   conv3x3(thin, jnp.zeros((3, 3, 3, 8)), "winograd")
-  conv3x3(wide, jnp.zeros((3, 3, WINOGRAD_MIN_CHANNELS, 8)), "winograd", stride=2)
-  conv3x3(wide, jnp.zeros((3, 3, WINOGRAD_MIN_CHANNELS, 8)), "winograd")
-  assert calls == ["im2col/1", "im2col/2", "winograd"]
+  conv3x3(wide, jnp.zeros((3, 3, c, 8)), "winograd", stride=2)
+  conv3x3(small, jnp.zeros((3, 3, c, 8)), "winograd")
+  conv3x3(wide, jnp.zeros((3, 3, c, 8)), "winograd")
+  assert calls == ["im2col/1", "im2col/2", "im2col/1", "winograd"]
 
 
 def test_auto_picks_winograd_for_shared_weights_and_im2col_for_maml_on_cpu():

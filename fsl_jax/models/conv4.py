@@ -14,8 +14,8 @@ The convolution has two formulations with identical numbers, chosen per backend
   matmul rather than a slow grouped convolution. Its VJP is written by hand
   (``im2col_conv``) so that each of the two backward products is one matmul.
 * ``"winograd"``: Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for
-  the stride-1 convolutions with many input channels, im2col for the others (the
-  image layer and strided layers). It does 16 matmuls ``[B*H*W/4, C_in] @ [C_in,
+  the stride-1 convolutions with many input channels and pixels, im2col for the
+  others (the image layer, strided layers, small maps; ``winograd_pays``). It does 16 matmuls ``[B*H*W/4, C_in] @ [C_in,
   C_out]``, 2.25x fewer multiplies than im2col, on an input 4x its size rather
   than 9x (``winograd_conv``). The fastest on XLA:CPU.
 
@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.winograd import WINOGRAD_MIN_CHANNELS, winograd_conv
+from fsl_jax.models.winograd import winograd_conv, winograd_pays
 
 CONV_IMPLS = ("xla", "im2col", "winograd")
 DOWNSAMPLES = ("max_pool", "stride")
@@ -90,7 +90,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.
   if impl == "im2col":
     return im2col_conv(x, kernel, stride)
   if impl == "winograd":
-    if stride == 1 and x.shape[-1] >= WINOGRAD_MIN_CHANNELS:
+    if winograd_pays(x.shape, stride):
       return winograd_conv(x, kernel)
     return im2col_conv(x, kernel, stride)
   raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")

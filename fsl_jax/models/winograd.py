@@ -39,6 +39,18 @@ WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0
 # Below this many input channels (the image layer: 1 or 3) the 16 products are too
 # thin to pay for the transforms; conv4 uses im2col there.
 WINOGRAD_MIN_CHANNELS = 16
+# Nor below this many 2x2 tiles, B * ceil(H/2) * ceil(W/2): forward and backward
+# on 2 cores (64 channels), im2col won at 320, 1280 and 1440 tiles ([80, 3, 3],
+# [80, 7, 7], [360, 3, 3]), tied at 720 and Winograd won from 2000 ([80, 10, 10]:
+# 11.7 ms against 15.9) to 35280 ([80, 21, 21]: 40 ms against 79).
+WINOGRAD_MIN_TILES = 2000
+
+
+def winograd_pays(x_shape: Sequence[int], stride: int) -> bool:
+  """Whether Winograd beats im2col for a 3x3 convolution of input ``x_shape`` [B, H, W, C]."""
+  b, h, w, c = x_shape
+  tiles = b * _num_tiles(h) * _num_tiles(w)
+  return stride == 1 and c >= WINOGRAD_MIN_CHANNELS and tiles >= WINOGRAD_MIN_TILES
 
 
 def _num_tiles(side: int) -> int:
