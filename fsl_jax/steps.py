@@ -30,8 +30,8 @@ def make_train_step(
   """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
 
   Metrics are means over the meta-batch, plus ``grad_norm`` and
-  ``first_bad_step`` (int32: this step's 1-based number if its loss, gradient or
-  update is not finite, and then the step changes nothing but ``state.step``;
+  ``first_bad_step`` (int32: this step's 1-based number if its loss or gradient
+  is not finite, and then the step changes nothing but ``state.step``;
   else INT32_MAX; see divergence.py). Batch statistics become the mean of the
   per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
   With a ``mesh``, the episodes come sharded P("data") and the new state and the
@@ -53,14 +53,17 @@ def make_train_step(
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(meta_loss, has_aux=True)(
       state.params, state.batch_stats, episodes, rngs, state.step
     )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     # A non-finite step changes nothing but the step counter (see divergence.py).
     finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
-    finite &= jnp.isfinite(optax.tree.norm(updates))
-    params, batch_stats, opt_state = divergence.keep_if_finite(
-      finite, (params, batch_stats, opt_state), (state.params, state.batch_stats, state.opt_state)
+
+    def update(old):
+      params, _, opt_state = old
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), batch_stats, opt_state
+
+    params, batch_stats, opt_state = divergence.update_if_finite(
+      finite, update, (state.params, state.batch_stats, state.opt_state)
     )
     metrics["first_bad_step"] = divergence.first_bad_step(finite, state.step + 1)
     new_state = state.replace(
