@@ -58,8 +58,14 @@ def update_if_finite(finite: jax.Array, update: Callable[[T], T], old: T) -> T:
   steps and writes in place into the donated state, where a select would keep both
   copies and read them again. On matching_mini_5w1s_fce (72M FCE parameters under
   Adam) that gave 1.07 s against 1.13 s per step and 5.0 GB peak RSS against 6.2.
+  The updated leaves keep ``old``'s dtypes (under ``jax.enable_x64`` new batch
+  statistics come out float64).
   """
-  return jax.lax.cond(finite, update, lambda old: old, old)
+
+  def updated(old: T) -> T:
+    return jax.tree.map(lambda new, leaf: new.astype(leaf.dtype), update(old), old)
+
+  return jax.lax.cond(finite, updated, lambda old: old, old)
 
 
 def first_bad_step(finite: jax.Array, step_number: jax.Array) -> jax.Array:

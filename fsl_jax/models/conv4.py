@@ -169,12 +169,19 @@ def _max_pool_forward(x: jax.Array):
 
 
 def _max_pool_backward(residuals, g: jax.Array):
-  """Routes each window's gradient ``g`` [B, H/2, W/2, C] to its argmax corner."""
+  """Routes each window's gradient ``g`` [B, H/2, W/2, C] to its argmax corner.
+
+  One select over the windows laid out as [B, H/2, 2, W/2, 2, C]: corner (dy, dx)
+  has index 2 * dy + dx, and the result reshapes to [B, H, W, C] in place.
+  """
   index, (b, h, w, c) = residuals
-  d0, d1, d2, d3 = (jnp.where(index == i, g, jnp.zeros_like(g)) for i in range(4))
   h2, w2 = g.shape[1], g.shape[2]
-  rows = jnp.stack([jnp.stack([d0, d1], axis=3), jnp.stack([d2, d3], axis=3)], axis=2)
-  dx = rows.reshape(b, 2 * h2, 2 * w2, c)  # [B, 2*h2, 2, w2, 2, C] interleaved back.
+  shape = (1, 1, 2, 1, 2, 1)
+  corner = 2 * jax.lax.broadcasted_iota(index.dtype, shape, 2)
+  corner += jax.lax.broadcasted_iota(index.dtype, shape, 4)
+  window = (slice(None), slice(None), None, slice(None), None, slice(None))
+  dx = jnp.where(index[window] == corner, g[window], jnp.zeros((), g.dtype))
+  dx = dx.reshape(b, 2 * h2, 2 * w2, c)
   return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
 
 

@@ -21,7 +21,7 @@ whole support set S*:
       h_k      = h^_k + f'(x)
       f(x, S)  = h_K,
 
-  starting from h_0 = f'(x), c_0 = 0. The K steps are one ``lax.scan``.
+  starting from h_0 = f'(x), c_0 = 0. The K steps are one scan.
 
 Order: g reads the support set as a sequence, so g (and hence every prediction)
 depends on the order of the support set; f is a set operation given g (its
@@ -38,7 +38,10 @@ Every LSTM here is the standard cell,
     c' = sigmoid(f) * c + sigmoid(i) * tanh(g),    h' = sigmoid(o) * tanh(c'),
 
 with the input projection W_x x computed once for all time steps outside the
-scan (it does not depend on the recurrence). Weights are initialised U(+-1/sqrt(D))
+scan (it does not depend on the recurrence). The scans are
+``recurrence.weight_tied_scan``: their backward pass computes the recurrent
+weight's gradient as one matmul after the backward scan, not one outer product
+added per step. Weights are initialised U(+-1/sqrt(D))
 as in PyTorch's ``nn.LSTM``, which the reference implementations use.
 """
 
@@ -48,6 +51,8 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fsl_jax.models.recurrence import weight_tied_scan
 
 
 def uniform_init(hidden: int):
@@ -76,13 +81,15 @@ def run_lstm(input_gates: jax.Array, w_h: jax.Array, reverse: bool) -> jax.Array
   """
   d = w_h.shape[0]
 
-  def step(carry, gates_t):
+  def cell(carry, gates_t, consts, project):
+    del consts
     h, c = carry
-    h, c = lstm_cell(gates_t + h @ w_h, c)
+    h, c = lstm_cell(gates_t + project(h), c)
     return (h, c), h
 
   zeros = jnp.zeros((d,), input_gates.dtype)
-  _, hs = jax.lax.scan(step, (zeros, zeros), input_gates, reverse=reverse)
+  length = input_gates.shape[0]
+  _, hs = weight_tied_scan(cell, w_h, (), (zeros, zeros), input_gates, length, reverse)
   return hs
 
 
@@ -134,16 +141,18 @@ class QueryAttention(nn.Module):
     b = self.param("b", init, (4 * d,))
     input_gates = query @ w_x + b  # [Q, 4D], the same at every step.
 
-    def step(carry, _):
+    def cell(carry, x, consts, project):
+      del x
       h, c = carry  # [Q, D] each.
+      query, context, input_gates = consts
       attention = jax.nn.softmax(h @ context.T, axis=-1)  # [Q, S]
       readout = attention @ context  # [Q, D]
-      h_hat, c = lstm_cell(input_gates + jnp.concatenate([h, readout], -1) @ w_hr, c)
+      h_hat, c = lstm_cell(input_gates + project(jnp.concatenate([h, readout], -1)), c)
       return (h_hat + query, c), None
 
-    (h, _), _ = jax.lax.scan(
-      step, (query, jnp.zeros_like(query)), None, length=self.unrolling_steps
-    )
+    consts = (query, context, input_gates)
+    carry = (query, jnp.zeros_like(query))
+    (h, _), _ = weight_tied_scan(cell, w_hr, consts, carry, None, self.unrolling_steps)
     return h
 
 
