@@ -101,46 +101,50 @@ def _output_transform_1d_adjoint(y0: jax.Array, y1: jax.Array) -> list[jax.Array
   return [y0, y0 + y1, y0 - y1, -y1]
 
 
-def _input_tiles(x: jax.Array) -> jax.Array:
-  """[B, H, W, C] -> V = B^T d B of every tile, [16, T, C] (position p = 4 * row + col)."""
+def _input_tiles(x: jax.Array) -> list[jax.Array]:
+  """[B, H, W, C] -> V = B^T d B of every tile: 16 arrays [T, C], position p = 4 * row + col."""
   b, h, w, c = x.shape
   tiles_h, tiles_w = _num_tiles(h), _num_tiles(w)
   padded = jnp.pad(x, ((0, 0), (1, 2 * tiles_h + 1 - h), (1, 2 * tiles_w + 1 - w), (0, 0)))
   rows = _input_transform_1d(padded, 1, tiles_h)
-  v = jnp.stack([col for row in rows for col in _input_transform_1d(row, 2, tiles_w)])
-  return v.reshape(16, b * tiles_h * tiles_w, c)
+  tiles = b * tiles_h * tiles_w
+  return [col.reshape(tiles, c) for row in rows for col in _input_transform_1d(row, 2, tiles_w)]
 
 
-def _input_tiles_adjoint(dv: jax.Array, x_shape: Sequence[int]) -> jax.Array:
-  """The adjoint of ``_input_tiles``: [16, T, C] -> [B, H, W, C]."""
+def _input_tiles_adjoint(dv: Sequence[jax.Array], x_shape: Sequence[int]) -> jax.Array:
+  """The adjoint of ``_input_tiles``: 16 arrays [T, C] -> [B, H, W, C]."""
   b, h, w, c = x_shape
-  dv = dv.reshape(4, 4, b, _num_tiles(h), _num_tiles(w), c)
-  cols = [_input_transform_1d_adjoint([dv[p, q] for q in range(4)], axis=2) for p in range(4)]
+  dv = [d.reshape(b, _num_tiles(h), _num_tiles(w), c) for d in dv]
+  cols = [_input_transform_1d_adjoint(dv[4 * p : 4 * p + 4], axis=2) for p in range(4)]
   return _input_transform_1d_adjoint(cols, axis=1)[:, 1 : 1 + h, 1 : 1 + w]
 
 
-def _output_tiles(m: jax.Array, y_shape: Sequence[int]) -> jax.Array:
-  """Y = A^T M A of every tile, interleaved back: [16, T, C] -> [B, H, W, C]."""
+def _output_tiles(m: Sequence[jax.Array], y_shape: Sequence[int]) -> jax.Array:
+  """Y = A^T M A of every tile, interleaved back: 16 arrays [T, C] -> [B, H, W, C]."""
   b, h, w, c = y_shape
   tiles_h, tiles_w = _num_tiles(h), _num_tiles(w)
-  m = m.reshape(4, 4, b, tiles_h, tiles_w, c)
-  y = [_output_transform_1d([r[q] for q in range(4)]) for r in _output_transform_1d(m)]
+  m = [t.reshape(b, tiles_h, tiles_w, c) for t in m]
+  # A^T down each column q of the 4x4 positions, then A^T along each resulting row a.
+  columns = [_output_transform_1d([m[4 * p + q] for p in range(4)]) for q in range(4)]
+  y = [_output_transform_1d([columns[q][a] for q in range(4)]) for a in range(2)]
   # y[a][e] is output pixel (2i + a, 2j + e) of tile (i, j).
   y = jnp.stack([jnp.stack(y[a], axis=3) for a in range(2)], axis=2)
   return y.reshape(b, 2 * tiles_h, 2 * tiles_w, c)[:, :h, :w]
 
 
-def _output_tiles_adjoint(dy: jax.Array) -> jax.Array:
-  """The adjoint of ``_output_tiles``: [B, H, W, C] -> [16, T, C]."""
+def _output_tiles_adjoint(dy: jax.Array) -> list[jax.Array]:
+  """The adjoint of ``_output_tiles``: [B, H, W, C] -> 16 arrays [T, C]."""
   b, h, w, c = dy.shape
   tiles_h, tiles_w = _num_tiles(h), _num_tiles(w)
   dy = jnp.pad(dy, ((0, 0), (0, 2 * tiles_h - h), (0, 2 * tiles_w - w), (0, 0)))
   dy = dy.reshape(b, tiles_h, 2, tiles_w, 2, c)
   rows = _output_transform_1d_adjoint(dy[:, :, 0], dy[:, :, 1])  # Each [B, th, tw, 2, C].
-  dm = jnp.stack(
-    [col for row in rows for col in _output_transform_1d_adjoint(row[..., 0, :], row[..., 1, :])]
-  )
-  return dm.reshape(16, b * tiles_h * tiles_w, c)
+  tiles = b * tiles_h * tiles_w
+  return [
+    col.reshape(tiles, c)
+    for row in rows
+    for col in _output_transform_1d_adjoint(row[..., 0, :], row[..., 1, :])
+  ]
 
 
 def _kernel_tiles(kernel: jax.Array) -> jax.Array:
@@ -172,17 +176,17 @@ def winograd_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _winograd_conv_fwd(x, kernel):
   v, u = _input_tiles(x), _kernel_tiles(kernel)
-  m = jnp.einsum("ptc,pco->pto", v, u)
+  m = [v[p] @ u[p] for p in range(16)]
   return _output_tiles(m, (*x.shape[:3], kernel.shape[-1])), (v, u, x.shape)
 
 
 def _winograd_conv_bwd(residuals, dy):
   v, u, x_shape = residuals
   dm = _output_tiles_adjoint(dy)
-  dv = jnp.einsum("pto,pco->ptc", dm, u)
-  # dU[p] = V[p]^T dM[p], contracting the rows of both without a transposed copy.
-  contract_rows = (((0,), (0,)), ((), ()))
-  du = jnp.stack([jax.lax.dot_general(v[p], dm[p], contract_rows) for p in range(16)])
+  # dV[p] = dM[p] U[p]^T and dU[p] = V[p]^T dM[p], each one matmul without a
+  # transposed copy of its operands.
+  dv = [jax.lax.dot_general(dm[p], u[p], (((1,), (1,)), ((), ()))) for p in range(16)]
+  du = jnp.stack([jax.lax.dot_general(v[p], dm[p], (((0,), (0,)), ((), ()))) for p in range(16)])
   return _input_tiles_adjoint(dv, x_shape), _kernel_tiles_adjoint(du)
 
 
