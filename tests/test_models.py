@@ -1,10 +1,11 @@
-"""conv-4: both convolution formulations compute the same function, and shapes are right."""
+"""conv-4: every convolution formulation computes the same function, and shapes are right."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
 from fsl_jax.models.conv4 import Conv4, conv3x3, max_pool_2x2
 
@@ -37,33 +38,10 @@ def test_conv_gradients_agree_between_formulations():
 
 @pytest.mark.parametrize("stride, side", [(1, 8), (1, 7), (2, 8), (2, 7)])
 def test_im2col_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap(stride, side):
-  """The im2col VJP is written by hand; lax.conv's comes from JAX. In float64, per-task
-  kernels under vmap (as MAML), first derivatives and a second derivative through the
-  first (as second-order MAML) agree to rounding."""
-  rng = np.random.default_rng(7)
-  with jax.enable_x64():
-    x = jnp.asarray(rng.normal(size=(3, 2, side, side, 4)))  # [tasks, B, H, W, C].
-    k = jnp.asarray(rng.normal(size=(3, 3, 3, 4, 5)))  # [tasks, 3, 3, C, C_out].
-
-    def loss(impl):
-      def per_task(x, k):
-        return jnp.sum(jnp.sin(conv3x3(x, k, impl, stride)) ** 2)
-
-      return lambda x, k: jnp.sum(jax.vmap(per_task)(x, k))
-
-    def meta(impl):
-      # A function of the gradient, differentiated again: one inner step of MAML.
-      def outer(x, k):
-        gx, gk = jax.grad(loss(impl), (0, 1))(x, k)
-        return loss(impl)(x - 0.1 * gx, k - 0.1 * gk)
-
-      return outer
-
-    for fn in (loss, meta):
-      want = jax.jit(jax.grad(fn("xla"), (0, 1)))(x, k)
-      got = jax.jit(jax.grad(fn("im2col"), (0, 1)))(x, k)
-      for a, b in zip(want, got, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+  """The im2col VJP is written by hand; lax.conv's comes from JAX."""
+  assert_matches_xla_conv_to_second_order_under_vmap(
+    lambda x, k: conv3x3(x, k, "im2col", stride), side, stride
+  )
 
 
 def test_reshape_max_pool_equals_flax_max_pool_including_odd_sides():

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
 from fsl_jax.models import conv4
 from fsl_jax.models.conv4 import conv3x3, default_conv_impl
@@ -40,34 +41,9 @@ def test_winograd_in_float32_is_within_rounding_of_the_definition():
   assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
 
 
-@pytest.mark.parametrize("side", [7])
-def test_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap(side):
-  """In float64, per-task kernels under vmap (as MAML), the gradient and a gradient
-  through one gradient step (second-order MAML) agree with lax.conv's autodiff."""
-  rng = np.random.default_rng(7)
-  with jax.enable_x64():
-    x = jnp.asarray(rng.normal(size=(3, 2, side, side, 4)))  # [tasks, B, H, W, C].
-    k = jnp.asarray(rng.normal(size=(3, 3, 3, 4, 5)))  # [tasks, 3, 3, C, C_out].
-    convs = {
-      "xla": lambda x, k: conv3x3(x, k, "xla"),
-      "winograd": winograd_conv,
-    }
-
-    def loss(conv):
-      return lambda x, k: jnp.sum(jax.vmap(lambda x, k: jnp.sum(jnp.sin(conv(x, k)) ** 2))(x, k))
-
-    def meta(conv):
-      def outer(x, k):
-        gx, gk = jax.grad(loss(conv), (0, 1))(x, k)
-        return loss(conv)(x - 0.1 * gx, k - 0.1 * gk)
-
-      return outer
-
-    for fn in (loss, meta):
-      want = jax.jit(jax.grad(fn(convs["xla"]), (0, 1)))(x, k)
-      got = jax.jit(jax.grad(fn(convs["winograd"]), (0, 1)))(x, k)
-      for a, b in zip(want, got, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+def test_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap():
+  """An odd side, so the padded tiles' gradients are cut back too."""
+  assert_matches_xla_conv_to_second_order_under_vmap(winograd_conv, side=7)
 
 
 def test_winograd_impl_uses_im2col_for_thin_strided_or_small_layers(monkeypatch):

@@ -4,7 +4,7 @@ Four blocks of [3x3 conv with F filters, batch norm, ReLU, 2x2 max-pool], then a
 flatten. A 28x28x1 Omniglot image gives a 64-d embedding (28 -> 14 -> 7 -> 3 -> 1);
 an 84x84x3 miniImageNet image gives F*5*5 (84 -> 42 -> 21 -> 10 -> 5).
 
-The convolution has two formulations with identical numbers, chosen per backend
+The convolution has three formulations with identical numbers, chosen per backend
 (``conv_impl``):
 
 * ``"xla"``: ``lax.conv_general_dilated``; best where cuDNN / TPU convolutions exist.
@@ -15,9 +15,11 @@ The convolution has two formulations with identical numbers, chosen per backend
   (``im2col_conv``) so that each of the two backward products is one matmul.
 * ``"winograd"``: Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for
   the stride-1 convolutions with many input channels and pixels, im2col for the
-  others (the image layer, strided layers, small maps; ``winograd_pays``). It does 16 matmuls ``[B*H*W/4, C_in] @ [C_in,
-  C_out]``, 2.25x fewer multiplies than im2col, on an input 4x its size rather
-  than 9x (``winograd_conv``). The fastest on XLA:CPU.
+  others (the image layer, strided layers, small maps; ``winograd_pays``). It
+  does 16 matmuls ``[B*H*W/4, C_in] @ [C_in, C_out]``, 2.25x fewer multiplies
+  than im2col, on an input 4x its size rather than 9x (``winograd_conv``). The
+  fastest on XLA:CPU for shared weights; MAML's per-task weights keep im2col
+  (``default_conv_impl``).
 
 Max-pooling routes each window's gradient to its argmax through a custom VJP (see
 ``max_pool_2x2``): on CPU this is far cheaper than ``reduce_window``'s
