@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
-from fsl_jax.models.conv4 import Conv4, conv3x3, max_pool_2x2
+from fsl_jax.models.conv4 import Conv4, conv3x3
+from fsl_jax.models.max_pool import max_pool_2x2
 
 
 @pytest.mark.parametrize("c_in", [1, 3, 8])
@@ -124,8 +125,6 @@ def test_make_model_honours_every_config_model_field():
 
 
 def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second_order():
-  from fsl_jax.models.conv4 import max_pool_2x2
-
   def gather_pool(x):  # The straightforward definition: gather each window at its argmax.
     b, h, w, c = x.shape
     win = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)

@@ -21,10 +21,12 @@ The convolution has three formulations with identical numbers, chosen per backen
   fastest on XLA:CPU for shared weights; MAML's per-task weights keep im2col
   (``default_conv_impl``).
 
-Max-pooling routes each window's gradient to its argmax through a custom VJP (see
-``max_pool_2x2``): on CPU this is far cheaper than ``reduce_window``'s
-select-and-scatter.
-Odd sides are floored as in PyTorch.
+Each max-pool block is ``BatchNormReluMaxPool``: it pools the convolution's output
+before batch norm's affine map and the ReLU, which commute with the max once the
+sign of batch norm's scale is accounted for, so they run on a quarter of the
+pixels. The pool routes each window's gradient to its argmax through a custom VJP
+(``max_pool.max_pool_2x2``), far cheaper on CPU than ``reduce_window``'s
+select-and-scatter. Odd sides are floored as in PyTorch.
 
 Params and batch statistics are separate pytrees: ``variables = {"params": ...,
 "batch_stats": ...}``; call ``apply(variables, x, train=True, mutable=["batch_stats"])``
@@ -41,6 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.models.batch_norm_pool import BatchNormReluMaxPool
 from fsl_jax.models.winograd import winograd_conv, winograd_pays
 
 CONV_IMPLS = ("xla", "im2col", "winograd")
@@ -152,66 +155,6 @@ def _im2col_conv_bwd(stride, residuals, g):
 im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
 
 
-def _window_corners(x: jax.Array) -> tuple[jax.Array, ...]:
-  """The four corners (dy, dx) = (0,0), (0,1), (1,0), (1,1) of every 2x2 window."""
-  _, h, w, _ = x.shape
-  x = x[:, : h // 2 * 2, : w // 2 * 2]
-  return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
-
-
-def _max_pool_forward(x: jax.Array):
-  """Max and argmax (0..3, the first maximum in corner order) of each window, by tournament."""
-  v0, v1, v2, v3 = _window_corners(x)
-  left, right = v0 >= v1, v2 >= v3
-  best_left, best_right = jnp.where(left, v0, v1), jnp.where(right, v2, v3)
-  first = best_left >= best_right
-  pooled = jnp.where(first, best_left, best_right)
-  index = jnp.where(first, jnp.where(left, 0, 1), jnp.where(right, 2, 3)).astype(jnp.int8)
-  return pooled, (index, x.shape)
-
-
-def _max_pool_backward(residuals, g: jax.Array):
-  """Routes each window's gradient ``g`` [B, H/2, W/2, C] to its argmax corner.
-
-  One select over the windows laid out as [B, H/2, 2, W/2, 2, C]: corner (dy, dx)
-  has index 2 * dy + dx, and the result reshapes to [B, H, W, C] in place.
-  """
-  index, (b, h, w, c) = residuals
-  h2, w2 = g.shape[1], g.shape[2]
-  shape = (1, 1, 2, 1, 2, 1)
-  corner = 2 * jax.lax.broadcasted_iota(index.dtype, shape, 2)
-  corner += jax.lax.broadcasted_iota(index.dtype, shape, 4)
-  window = (slice(None), slice(None), None, slice(None), None, slice(None))
-  dx = jnp.where(index[window] == corner, g[window], jnp.zeros((), g.dtype))
-  dx = dx.reshape(b, 2 * h2, 2 * w2, c)
-  return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
-
-
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """[B, H, W, C] -> [B, H//2, W//2, C], the max of each 2x2 window (odd sides floored).
-
-  The gradient goes to one element per window, the first maximum in corner
-  order, chosen in the forward pass and kept as an int8 index: the backward pass
-  is four selects, which XLA fuses, instead of ``reduce_window``'s
-  select-and-scatter or a gather (2.6x faster than the gather on XLA:CPU, forward
-  and backward, 80x28x28x64). It is twice differentiable, as second-order MAML
-  needs: the backward pass is linear in ``g``.
-
-  The textbook forms (``reshape`` + ``max``, or ``jnp.maximum`` of the four
-  corners) differentiate by comparing each input with the max for equality; on
-  XLA:CPU (jax 0.10.2), under ``jit(grad(vmap(...)))`` with the im2col
-  convolution, that comparison can see values that XLA recomputed with different
-  rounding, and layer-1 gradients came out wrong by 100%
-  (tests/test_models.py::test_jit_grad_under_vmap_equals_eager_grad). Here the
-  index is computed once, so each window's gradient lands on exactly one element.
-  """
-  return _max_pool_forward(x)[0]
-
-
-max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
-
-
 class Conv3x3(nn.Module):
   """A bias-free 3x3 conv (batch norm follows, so a bias would be redundant)."""
 
@@ -264,12 +207,17 @@ class Conv4(nn.Module):
     x = images.astype(out_dtype) / 255.0
     x = ((x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)).astype(dtype)
     strided = self.downsample == "stride"
-    for _ in range(self.num_blocks):
+    for i in range(self.num_blocks):
       x = Conv3x3(self.filters, self.conv_impl, stride=2 if strided else 1)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)(x)
-      x = nn.relu(x)
-      if not strided:
-        x = max_pool_2x2(x)
+      if strided:
+        x = nn.BatchNorm(not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"BatchNorm_{i}")(
+          x
+        )
+        x = nn.relu(x)
+      else:  # max_pool_2x2(relu(BatchNorm(x))), pooled first (see batch_norm_pool).
+        x = BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"BatchNorm_{i}")(
+          x, use_running_average=not train
+        )
     # [B, F] after a spatial mean (strided), else [B, F * h * w].
     x = x.mean(axis=(1, 2)) if strided else x.reshape(x.shape[0], -1)
     x = x.astype(out_dtype)

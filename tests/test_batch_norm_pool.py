@@ -1,0 +1,154 @@
+"""BatchNormReluMaxPool against flax's BatchNorm, ReLU and max-pool applied in order."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsl_jax.models.batch_norm_pool import BatchNormReluMaxPool
+from fsl_jax.models.max_pool import max_pool_2x2
+
+
+class Reference(nn.Module):
+  """The textbook block: normalise, rectify, then pool."""
+
+  @nn.compact
+  def __call__(self, y, use_running_average):
+    bn = nn.BatchNorm(use_running_average, momentum=0.9, epsilon=1e-5, name="bn")
+    return max_pool_2x2(nn.relu(bn(y)))
+
+
+class Fused(nn.Module):
+  @nn.compact
+  def __call__(self, y, use_running_average):
+    return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="bn")(y, use_running_average)
+
+
+def _variables(rng, channels):
+  """Scales of both signs, nonzero biases, running stats away from their init."""
+  scale = rng.normal(size=channels)
+  scale[0], scale[1] = -abs(scale[0]), abs(scale[1])
+  return {
+    "params": {"bn": {"scale": jnp.asarray(scale), "bias": jnp.asarray(rng.normal(size=channels))}},
+    "batch_stats": {
+      "bn": {
+        "mean": jnp.asarray(rng.normal(size=channels)),
+        "var": jnp.asarray(rng.uniform(0.5, 2.0, size=channels)),
+      }
+    },
+  }
+
+
+def test_variables_are_flax_batch_norms():
+  y = jnp.zeros((2, 4, 4, 3))
+  ref = Reference().init(jax.random.PRNGKey(0), y, False)
+  fused = Fused().init(jax.random.PRNGKey(0), y, False)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), ref) == jax.tree.map(
+    lambda a: (a.shape, a.dtype), fused
+  )
+  jax.tree.map(np.testing.assert_array_equal, ref, fused)
+
+
+@pytest.mark.parametrize("side", [(6, 6), (7, 5)])
+def test_values_running_averages_and_gradients_match_the_reference(side):
+  rng = np.random.default_rng(0)
+  with jax.enable_x64():
+    y = jnp.asarray(rng.normal(size=(3, *side, 6)) * 2.0 + 0.5)
+    variables = _variables(rng, 6)
+    for train in (True, False):
+
+      def run(module, params, y, train=train):
+        out = module.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]},
+          y,
+          not train,
+          mutable=["batch_stats"],
+        )
+        return out
+
+      (want, want_stats), (got, got_stats) = (
+        run(m, variables["params"], y) for m in (Reference(), Fused())
+      )
+      assert got.shape == want.shape == (3, side[0] // 2, side[1] // 2, 6)
+      # Some outputs must be rectified to 0 and some not, so both ReLU branches are checked.
+      assert 0 < int(jnp.sum(want == 0)) < want.size
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), got_stats, want_stats)
+
+      loss = lambda m: lambda p, y: jnp.sum(jnp.sin(3.0 * run(m, p, y)[0]))
+      want_grad = jax.jit(jax.grad(loss(Reference()), (0, 1)))(variables["params"], y)
+      got_grad = jax.jit(jax.grad(loss(Fused()), (0, 1)))(variables["params"], y)
+      jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got_grad, want_grad
+      )
+      # Gradients reach scale and bias of the channels with negative scales too.
+      assert float(jnp.abs(got_grad[0]["bn"]["scale"][0])) > 1e-3
+
+
+def test_second_order_under_vmap_matches_the_reference():
+  """A gradient step on per-task params, differentiated through (second-order MAML)."""
+  rng = np.random.default_rng(1)
+  with jax.enable_x64():
+    y = jnp.asarray(rng.normal(size=(2, 3, 6, 6, 4)))  # [tasks, B, H, W, C]
+    params = jax.tree.map(lambda a: jnp.stack([a, -a]), _variables(rng, 4)["params"])
+
+    def meta(module):
+      def task_loss(p, y):
+        out = module.apply(
+          {"params": p, "batch_stats": _zeros(4)}, y, False, mutable=["batch_stats"]
+        )
+        return jnp.sum(jnp.sin(2.0 * out[0]) * y[:, :3, :3])
+
+      def outer(p, y):
+        g, gy = jax.grad(task_loss, (0, 1))(p, y)
+        stepped = jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
+        return task_loss(stepped, y - 0.1 * gy)
+
+      return jax.jit(jax.grad(lambda p, y: jnp.sum(jax.vmap(outer)(p, y)), (0, 1)))
+
+    want, got = meta(Reference())(params, y), meta(Fused())(params, y)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11), got, want)
+
+
+def _zeros(channels):
+  return {"bn": {"mean": jnp.zeros(channels), "var": jnp.ones(channels)}}
+
+
+def test_bfloat16_output_is_float32_moments_rounded_once():
+  rng = np.random.default_rng(2)
+  y = jnp.asarray(rng.normal(size=(4, 8, 8, 5)), jnp.bfloat16)
+  variables = jax.tree.map(lambda a: a.astype(jnp.float32), _variables(rng, 5))
+  block = BatchNormReluMaxPool(dtype=jnp.bfloat16)
+  out, _ = block.apply(
+    {"params": variables["params"]["bn"], "batch_stats": variables["batch_stats"]["bn"]},
+    y,
+    False,
+    mutable=["batch_stats"],
+  )
+  want, _ = Reference().apply(variables, y.astype(jnp.float32), False, mutable=["batch_stats"])
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), want, rtol=1e-2, atol=1e-2)
+
+
+def test_at_scale_zero_the_scale_gradient_is_the_right_hand_derivative():
+  """At scale 0 the block is constant in y and not differentiable in scale: every
+  window ties. The fused block takes sign +1 there, so it returns the derivative
+  from the right, which a one-sided finite difference confirms."""
+  rng = np.random.default_rng(3)
+  with jax.enable_x64():
+    y = jnp.asarray(rng.normal(size=(3, 6, 6, 2)))
+    variables = _variables(rng, 2)
+    variables["params"]["bn"]["scale"] = jnp.array([0.0, 1.0])
+    variables["params"]["bn"]["bias"] = jnp.array([0.3, 0.2])  # ReLU active at scale 0.
+
+    def loss(scale0):
+      params = {"bn": {"scale": jnp.array([scale0, 1.0]), "bias": jnp.array([0.3, 0.2])}}
+      out = Fused().apply({"params": params, "batch_stats": variables["batch_stats"]}, y, True)
+      return jnp.sum(jnp.sin(3.0 * out))
+
+    h = 1e-7
+    right = (loss(h) - loss(0.0)) / h
+    left = (loss(0.0) - loss(-h)) / h
+    assert abs(right - left) > 1e-2  # A real kink, so the check below can fail.
+    np.testing.assert_allclose(jax.grad(loss)(0.0), right, rtol=1e-5)
