@@ -11,8 +11,8 @@ The convolution has three formulations with identical numbers, chosen per backen
 * ``"im2col"``: nine shifted slices concatenated on the channel axis, then one
   matmul ``[B*H*W, 9*C_in] @ [9*C_in, C_out]``. On XLA:CPU this beats the direct
   convolution, and under ``vmap`` with per-task weights it becomes a batched
-  matmul rather than a slow grouped convolution. Its VJP is written by hand
-  (``im2col_conv``) so that each of the two backward products is one matmul.
+  matmul rather than a slow grouped convolution. Its products go through
+  ``row_products``, so that each backward product, at any order, is one matmul.
 * ``"winograd"``: Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for
   the stride-1 convolutions with many input channels and pixels, im2col for the
   others (the image layer, strided layers, small maps; ``winograd_pays``). It
@@ -21,10 +21,10 @@ The convolution has three formulations with identical numbers, chosen per backen
   fastest on XLA:CPU for shared weights; MAML's per-task weights keep im2col
   (``default_conv_impl``).
 
-Each max-pool block is ``BatchNormReluMaxPool``: it pools the convolution's output
-before batch norm's affine map and the ReLU, which commute with the max once the
-sign of batch norm's scale is accounted for, so they run on a quarter of the
-pixels. The pool routes each window's gradient to its argmax through a custom VJP
+Batch norm and ReLU are one module, ``BatchNormRelu``, with flax BatchNorm's
+variables. With max-pooling it pools the convolution's output before batch norm's
+affine map and the ReLU, which commute with the max once the sign of batch norm's
+scale is accounted for, so they run on a quarter of the pixels. The pool routes each window's gradient to its argmax through a custom VJP
 (``max_pool.max_pool_2x2``), far cheaper on CPU than ``reduce_window``'s
 select-and-scatter. Odd sides are floored as in PyTorch.
 
@@ -35,7 +35,6 @@ in training and ``apply(variables, x, train=False)`` at test time.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import chex
@@ -43,7 +42,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.batch_norm_pool import BatchNormReluMaxPool
+from fsl_jax.models.batch_norm_relu import BatchNormRelu
+from fsl_jax.models.row_products import matmul
 from fsl_jax.models.winograd import winograd_conv, winograd_pays
 
 CONV_IMPLS = ("xla", "im2col", "winograd")
@@ -119,40 +119,19 @@ def im2col(x: jax.Array, stride: int) -> jax.Array:
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """``im2col(x) @ kernel.reshape(9*C_in, C_out)``, with a hand-written VJP.
+  """``im2col(x) @ kernel.reshape(9*C_in, C_out)``, differentiated through ``row_products``.
 
-  The VJP is what autodiff would derive, written so XLA:CPU lowers each product
-  to one matmul without transposing the [B*H*W, C_out] cotangent first:
+  Reverse mode then takes each of the two backward products as one matmul on the
+  operands as they lie, at every order of differentiation:
 
     dK = P^T G    (P = im2col(x) [B*H'*W', 9*C_in], G = dY [B*H'*W', C_out])
     dX = im2col^T(G K^T)   (the adjoint of im2col adds each window back in place)
-
-  The backward pass is plain JAX, so it can itself be differentiated (second-order
-  MAML).
   """
-  return _im2col_conv_fwd(x, kernel, stride)[0]
-
-
-def _im2col_conv_fwd(x, kernel, stride):
   patches = im2col(x, stride)
-  out = patches @ kernel.reshape(-1, kernel.shape[-1])
-  return out, (patches, kernel, x.shape)
-
-
-def _im2col_conv_bwd(stride, residuals, g):
-  patches, kernel, x_shape = residuals
-  x_struct = jax.ShapeDtypeStruct(x_shape, patches.dtype)
   c_out = kernel.shape[-1]
-  p2, g2 = patches.reshape(-1, patches.shape[-1]), g.reshape(-1, c_out)
-  d_kernel = jax.lax.dot_general(p2, g2, (((0,), (0,)), ((), ()))).reshape(kernel.shape)
-  d_patches = (g2 @ kernel.reshape(-1, c_out).T).reshape(patches.shape)
-  (d_x,) = jax.linear_transpose(functools.partial(im2col, stride=stride), x_struct)(d_patches)
-  return d_x, d_kernel
-
-
-im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
+  out = matmul(patches.reshape(-1, patches.shape[-1]), kernel.reshape(-1, c_out))
+  return out.reshape(*patches.shape[:-1], c_out)
 
 
 class Conv3x3(nn.Module):
@@ -209,15 +188,9 @@ class Conv4(nn.Module):
     strided = self.downsample == "stride"
     for i in range(self.num_blocks):
       x = Conv3x3(self.filters, self.conv_impl, stride=2 if strided else 1)(x)
-      if strided:
-        x = nn.BatchNorm(not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"BatchNorm_{i}")(
-          x
-        )
-        x = nn.relu(x)
-      else:  # max_pool_2x2(relu(BatchNorm(x))), pooled first (see batch_norm_pool).
-        x = BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"BatchNorm_{i}")(
-          x, use_running_average=not train
-        )
+      x = BatchNormRelu(
+        max_pool=not strided, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"BatchNorm_{i}"
+      )(x, use_running_average=not train)
     # [B, F] after a spatial mean (strided), else [B, F * h * w].
     x = x.mean(axis=(1, 2)) if strided else x.reshape(x.shape[0], -1)
     x = x.astype(out_dtype)

@@ -1,4 +1,4 @@
-"""BatchNormReluMaxPool against flax's BatchNorm, ReLU and max-pool applied in order."""
+"""BatchNormRelu against flax's BatchNorm, ReLU and max-pool applied in order."""
 
 import flax.linen as nn
 import jax
@@ -6,31 +6,39 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fsl_jax.models.batch_norm_pool import BatchNormReluMaxPool
+from fsl_jax.models.batch_norm_relu import BatchNormRelu
 from fsl_jax.models.max_pool import max_pool_2x2
 
 
 class Reference(nn.Module):
   """The textbook block: normalise, rectify, then pool."""
 
+  pool: bool = True
+
   @nn.compact
   def __call__(self, y, use_running_average):
     bn = nn.BatchNorm(use_running_average, momentum=0.9, epsilon=1e-5, name="bn")
-    return max_pool_2x2(nn.relu(bn(y)))
+    out = nn.relu(bn(y))
+    return max_pool_2x2(out) if self.pool else out
 
 
 class Fused(nn.Module):
+  pool: bool = True
+
   @nn.compact
   def __call__(self, y, use_running_average):
-    return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="bn")(y, use_running_average)
+    block = BatchNormRelu(max_pool=self.pool, momentum=0.9, epsilon=1e-5, name="bn")
+    return block(y, use_running_average)
 
 
 def _variables(rng, channels):
   """Scales of both signs, nonzero biases, running stats away from their init."""
   scale = rng.normal(size=channels)
   scale[0], scale[1] = -abs(scale[0]), abs(scale[1])
+  bias = rng.normal(size=channels)
+  bias[0] = 0.5  # With its negative scale, channel 0 stays partly above 0.
   return {
-    "params": {"bn": {"scale": jnp.asarray(scale), "bias": jnp.asarray(rng.normal(size=channels))}},
+    "params": {"bn": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}},
     "batch_stats": {
       "bn": {
         "mean": jnp.asarray(rng.normal(size=channels)),
@@ -50,8 +58,8 @@ def test_variables_are_flax_batch_norms():
   jax.tree.map(np.testing.assert_array_equal, ref, fused)
 
 
-@pytest.mark.parametrize("side", [(6, 6), (7, 5)])
-def test_values_running_averages_and_gradients_match_the_reference(side):
+@pytest.mark.parametrize("side,pool", [((6, 6), True), ((7, 5), True), ((5, 5), False)])
+def test_values_running_averages_and_gradients_match_the_reference(side, pool):
   rng = np.random.default_rng(0)
   with jax.enable_x64():
     y = jnp.asarray(rng.normal(size=(3, *side, 6)) * 2.0 + 0.5)
@@ -67,18 +75,17 @@ def test_values_running_averages_and_gradients_match_the_reference(side):
         )
         return out
 
-      (want, want_stats), (got, got_stats) = (
-        run(m, variables["params"], y) for m in (Reference(), Fused())
-      )
-      assert got.shape == want.shape == (3, side[0] // 2, side[1] // 2, 6)
+      modules = (Reference(pool), Fused(pool))
+      (want, want_stats), (got, got_stats) = (run(m, variables["params"], y) for m in modules)
+      assert got.shape == want.shape == ((3, side[0] // 2, side[1] // 2, 6) if pool else y.shape)
       # Some outputs must be rectified to 0 and some not, so both ReLU branches are checked.
       assert 0 < int(jnp.sum(want == 0)) < want.size
       np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), got_stats, want_stats)
 
       loss = lambda m: lambda p, y: jnp.sum(jnp.sin(3.0 * run(m, p, y)[0]))
-      want_grad = jax.jit(jax.grad(loss(Reference()), (0, 1)))(variables["params"], y)
-      got_grad = jax.jit(jax.grad(loss(Fused()), (0, 1)))(variables["params"], y)
+      want_grad = jax.jit(jax.grad(loss(modules[0]), (0, 1)))(variables["params"], y)
+      got_grad = jax.jit(jax.grad(loss(modules[1]), (0, 1)))(variables["params"], y)
       jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got_grad, want_grad
       )
@@ -86,7 +93,8 @@ def test_values_running_averages_and_gradients_match_the_reference(side):
       assert float(jnp.abs(got_grad[0]["bn"]["scale"][0])) > 1e-3
 
 
-def test_second_order_under_vmap_matches_the_reference():
+@pytest.mark.parametrize("pool", [True, False])
+def test_second_order_under_vmap_matches_the_reference(pool):
   """A gradient step on per-task params, differentiated through (second-order MAML)."""
   rng = np.random.default_rng(1)
   with jax.enable_x64():
@@ -98,7 +106,7 @@ def test_second_order_under_vmap_matches_the_reference():
         out = module.apply(
           {"params": p, "batch_stats": _zeros(4)}, y, False, mutable=["batch_stats"]
         )
-        return jnp.sum(jnp.sin(2.0 * out[0]) * y[:, :3, :3])
+        return jnp.sum(jnp.sin(2.0 * out[0]) * y[:, : out[0].shape[1], : out[0].shape[2]])
 
       def outer(p, y):
         g, gy = jax.grad(task_loss, (0, 1))(p, y)
@@ -107,7 +115,7 @@ def test_second_order_under_vmap_matches_the_reference():
 
       return jax.jit(jax.grad(lambda p, y: jnp.sum(jax.vmap(outer)(p, y)), (0, 1)))
 
-    want, got = meta(Reference())(params, y), meta(Fused())(params, y)
+    want, got = meta(Reference(pool))(params, y), meta(Fused(pool))(params, y)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11), got, want)
 
 
@@ -119,7 +127,7 @@ def test_bfloat16_output_is_float32_moments_rounded_once():
   rng = np.random.default_rng(2)
   y = jnp.asarray(rng.normal(size=(4, 8, 8, 5)), jnp.bfloat16)
   variables = jax.tree.map(lambda a: a.astype(jnp.float32), _variables(rng, 5))
-  block = BatchNormReluMaxPool(dtype=jnp.bfloat16)
+  block = BatchNormRelu(max_pool=True, dtype=jnp.bfloat16)
   out, _ = block.apply(
     {"params": variables["params"]["bn"], "batch_stats": variables["batch_stats"]["bn"]},
     y,
