@@ -1,5 +1,8 @@
 """BatchNormRelu against flax's BatchNorm, ReLU and max-pool applied in order."""
 
+import math
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -160,3 +163,64 @@ def test_at_scale_zero_the_scale_gradient_is_the_right_hand_derivative():
     left = (loss(0.0) - loss(-h)) / h
     assert abs(right - left) > 1e-2  # A real kink, so the check below can fail.
     np.testing.assert_allclose(jax.grad(loss)(0.0), right, rtol=1e-5)
+
+
+def _per_channel_ops_in_per_pixel_fusions(hlo: str, tasks: int, channels: int) -> int:
+  """The most [tasks, C]-shaped operations in any fused loop that also has per-pixel ones."""
+  worst = 0
+  for computation in re.split(r"\n(?=\S)", hlo):
+    lines = computation.splitlines()
+    if not lines or "fused_computation" not in lines[0]:
+      continue
+    sizes = [
+      math.prod(map(int, filter(None, d.split(","))))
+      for d in re.findall(r"f32\[([\d,]*)\]", computation)
+    ]
+    if max(sizes, default=0) < 64 * tasks * channels:
+      continue
+    per_channel = [
+      ln
+      for ln in lines
+      if re.search(rf"= f32\[{tasks},{channels}\]", ln) and "parameter(" not in ln
+    ]
+    worst = max(worst, len(per_channel))
+  return worst
+
+
+@pytest.mark.parametrize("materialised", [True, False])
+def test_per_channel_arithmetic_stays_out_of_per_pixel_loops_at_second_order(
+  monkeypatch, materialised
+):
+  """Three differentiated inner steps through the block (as second-order MAML): XLA's
+  per-pixel fusions hold at most a few per-channel operations. Without
+  ``_per_channel`` they hold about 200, re-evaluated for every pixel."""
+  from fsl_jax.models import batch_norm_relu
+
+  if not materialised:
+    monkeypatch.setattr(batch_norm_relu, "_per_channel", lambda *vectors: vectors)
+  tasks, channels = 2, 4
+  block = BatchNormRelu(max_pool=True)
+  y = jnp.asarray(np.random.default_rng(0).normal(size=(tasks, 3, 8, 8, channels)), jnp.float32)
+  variables = block.init(jax.random.PRNGKey(0), y[0], False)
+  params = jax.tree.map(lambda a: jnp.stack([a] * tasks), variables["params"])
+
+  def task_loss(p, y):
+    out, _ = block.apply(
+      {"params": p, "batch_stats": variables["batch_stats"]}, y, False, mutable=["batch_stats"]
+    )
+    return jnp.sum(jnp.sin(out))
+
+  def outer(p, y):
+    for _ in range(3):
+      g, gy = jax.grad(task_loss, (0, 1))(p, y)
+      p, y = jax.tree.map(lambda a, b: a - 0.1 * b, p, g), y - 0.1 * gy
+    return task_loss(p, y)
+
+  step = jax.jit(jax.grad(lambda p, y: jnp.sum(jax.vmap(outer)(p, y)), (0, 1)))
+  worst = _per_channel_ops_in_per_pixel_fusions(
+    step.lower(params, y).compile().as_text(), tasks, channels
+  )
+  if materialised:
+    assert worst <= 30, worst
+  else:  # The check above can fail: this is what it guards against.
+    assert worst > 100, worst
