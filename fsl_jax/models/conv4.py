@@ -158,9 +158,10 @@ class Conv4(nn.Module):
     downsample: "max_pool" (2x2 max-pool after each block, as Snell, Vinyals and the
       reference MAML code) or "stride" (stride-2 convs and a final spatial mean, as
       Finn et al.'s original Omniglot model).
-    compute_dtype: "float32", or "bfloat16" for GPUs and TPUs: convolutions,
-      batch norm's normalisation, ReLU and pooling run in bfloat16, while params,
-      batch-norm statistics (Flax reduces in float32) and the output stay float32.
+    compute_dtype: "float32", or "bfloat16" for GPUs and TPUs: convolutions and
+      pooling run in bfloat16, and each block's output is bfloat16 (batch norm's
+      affine map and ReLU are evaluated in float32 and rounded once), while
+      params, batch-norm statistics (reduced in float32) and the output stay float32.
       "float32" means the default float type, float64 under ``jax.enable_x64``.
   """
 
