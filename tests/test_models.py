@@ -38,8 +38,8 @@ def test_conv_gradients_agree_between_formulations():
 
 
 @pytest.mark.parametrize("stride, side", [(1, 8), (1, 7), (2, 8), (2, 7)])
-def test_im2col_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap(stride, side):
-  """The im2col VJP is written by hand; lax.conv's comes from JAX."""
+def test_im2col_matches_xla_conv_to_second_order_under_vmap(stride, side):
+  """im2col's derivatives come from row_products' VJPs; lax.conv's from JAX's rules."""
   assert_matches_xla_conv_to_second_order_under_vmap(
     lambda x, k: conv3x3(x, k, "im2col", stride), side, stride
   )
