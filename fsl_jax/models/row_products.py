@@ -36,10 +36,6 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   return a @ b
 
 
-def _matmul_fwd(a, b):
-  return matmul(a, b), (a, b)
-
-
 def _matmul_bwd(residuals, h):
   a, b = residuals
   return matmul_nt(h, b), matmul_tn(a, h)
@@ -49,10 +45,6 @@ def _matmul_bwd(residuals, h):
 def matmul_tn(a: jax.Array, g: jax.Array) -> jax.Array:
   """``a.T @ g``: [N, K] x [N, M] -> [K, M], contracting the rows in place."""
   return jax.lax.dot_general(a, g, _TN)
-
-
-def _matmul_tn_fwd(a, g):
-  return matmul_tn(a, g), (a, g)
 
 
 def _matmul_tn_bwd(residuals, h):
@@ -66,15 +58,20 @@ def matmul_nt(g: jax.Array, b: jax.Array) -> jax.Array:
   return jax.lax.dot_general(g, b, _NT)
 
 
-def _matmul_nt_fwd(g, b):
-  return matmul_nt(g, b), (g, b)
-
-
 def _matmul_nt_bwd(residuals, h):
   g, b = residuals
   return matmul(h, b), matmul_tn(h, g)
 
 
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-matmul_tn.defvjp(_matmul_tn_fwd, _matmul_tn_bwd)
-matmul_nt.defvjp(_matmul_nt_fwd, _matmul_nt_bwd)
+def _saving_operands(product):
+  """The forward rule of each product: its value, with both operands kept for the VJP.
+
+  It calls the product itself, so that differentiating the forward pass again
+  (second order) goes through the custom VJP too.
+  """
+  return lambda x, y: (product(x, y), (x, y))
+
+
+matmul.defvjp(_saving_operands(matmul), _matmul_bwd)
+matmul_tn.defvjp(_saving_operands(matmul_tn), _matmul_tn_bwd)
+matmul_nt.defvjp(_saving_operands(matmul_nt), _matmul_nt_bwd)
