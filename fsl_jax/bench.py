@@ -25,8 +25,9 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
-from fsl_jax import host_allocator, op_profile, sharding
+from fsl_jax import cpu_matmuls, host_allocator, op_profile, sharding
 from fsl_jax.algorithms import make_algorithm
+from fsl_jax.cpu_matmuls import CPU_MATMULS
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
 from fsl_jax.state import create_train_state
@@ -51,6 +52,7 @@ class Workload:
   fce: bool = False  # Matching Networks' Full Context Embeddings.
   # "max_pool", or "stride": Finn et al.'s Omniglot model (stride-2 convs, spatial mean).
   downsample: str = "max_pool"
+  cpu_matmuls: str = "ynnpack"  # As the library's config for this setting.
 
 
 OMNIGLOT = dict(classes=4112, image_shape=(28, 28, 1))
@@ -69,6 +71,7 @@ WORKLOADS = {
       inner_steps=1,
       inner_lr=0.4,
       downsample="stride",
+      cpu_matmuls="eigen",  # As configs/maml_omniglot*.py.
       **OMNIGLOT,
     ),
     Workload(
@@ -79,6 +82,7 @@ WORKLOADS = {
       inner_steps=5,
       inner_lr=0.1,
       downsample="stride",
+      cpu_matmuls="eigen",  # As configs/maml_omniglot*.py.
       **OMNIGLOT,
     ),
     Workload("proto_mini_30w1s", "protonet", shape=EpisodeShape(30, 1, 15), **MINI),
@@ -104,6 +108,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per workload, after 
 _CONV_IMPL = flags.DEFINE_enum(
   "conv_impl", "auto", ["auto", "xla", "im2col", "winograd"], "Convolution."
 )
+_CPU_MATMULS = flags.DEFINE_enum(
+  "cpu_matmuls",
+  None,
+  list(CPU_MATMULS),
+  "XLA:CPU's matmul library (config.cpu_matmuls); default: the workload's.",
+)
 _ORDERS = flags.DEFINE_multi_enum(
   "order", ["first", "second"], ["first", "second"], "MAML orders to run."
 )
@@ -125,12 +135,14 @@ def workload_config(
   conv_impl: str,
   remat: bool = False,
   dtype: str = "float32",
+  cpu_matmuls: str | None = None,
 ) -> ml_collections.ConfigDict:
   """The library config that trains ``workload``."""
   config = common.get_base_config()
   config.algorithm = workload.algorithm
   config.model.conv_impl = conv_impl
   config.model.compute_dtype = dtype
+  config.cpu_matmuls = cpu_matmuls or workload.cpu_matmuls
   config.model.filters = workload.filters
   config.model.downsample = workload.downsample
   channels = workload.image_shape[-1]
@@ -190,7 +202,8 @@ def time_train_step(
   example = jnp.asarray(sampler.episode(0).support)
   state = create_train_state(model, tx, example, 0, algorithm.init_params)
   state = jax.device_put(state, sharding.replicated(mesh))
-  step = make_train_step(algorithm.loss, tx, workload.shape.n_way, mesh)
+  options = cpu_matmuls.compiler_options(config.cpu_matmuls)
+  step = make_train_step(algorithm.loss, tx, workload.shape.n_way, mesh, options)
   size = workload.meta_batch_size
   sharding.check_batch_divides(size, mesh, "meta_batch_size")
   batches = [sharding.to_global(sampler.episodes(i * size, size), mesh) for i in range(4)]
@@ -230,6 +243,7 @@ def time_train_step(
     # XLA's own estimate of the step's scratch memory, on every backend.
     "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
     "conv_impl": getattr(model, "backbone", model).conv_impl,
+    "cpu_matmuls": config.cpu_matmuls,
     **profile,
   }
 
@@ -242,11 +256,12 @@ def run(
   remat=False,
   dtype: str = "float32",
   profile_top: int = 0,
+  cpu_matmuls: str | None = None,
 ) -> dict:
   if workload.algorithm == "sampler":
     timing = time_sampler(workload, repeats)
   else:
-    config = workload_config(workload, bool(first_order), conv_impl, remat, dtype)
+    config = workload_config(workload, bool(first_order), conv_impl, remat, dtype, cpu_matmuls)
     timing = time_train_step(workload, config, repeats, profile_top)
   return {
     "workload": workload.name,
@@ -283,6 +298,7 @@ def main(argv):
         remat=_REMAT.value,
         dtype=_DTYPE.value,
         profile_top=_PROFILE_TOP.value,
+        cpu_matmuls=_CPU_MATMULS.value,
       )
       print(json.dumps(result), flush=True)
 

@@ -25,7 +25,11 @@ from fsl_jax.state import TrainState
 
 
 def make_train_step(
-  loss_fn: Callable, tx: optax.GradientTransformation, n_way: int, mesh: Mesh | None = None
+  loss_fn: Callable,
+  tx: optax.GradientTransformation,
+  n_way: int,
+  mesh: Mesh | None = None,
+  compiler_options: dict[str, str] | None = None,
 ):
   """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
 
@@ -36,6 +40,7 @@ def make_train_step(
   per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
   With a ``mesh``, the episodes come sharded P("data") and the new state and the
   metrics are pinned replicated P(): XLA all-reduces the mean gradient.
+  ``compiler_options`` go to ``jax.jit`` (see ``cpu_matmuls.compiler_options``).
   """
 
   def meta_loss(params, batch_stats, episodes: Episode, rngs, step):
@@ -71,17 +76,24 @@ def make_train_step(
     )
     return new_state, metrics
 
+  options = dict(donate_argnums=(0,), compiler_options=compiler_options)
   if mesh is None:
-    return jax.jit(train_step, donate_argnums=(0,))
-  return jax.jit(train_step, donate_argnums=(0,), out_shardings=sharding.replicated(mesh))
+    return jax.jit(train_step, **options)
+  return jax.jit(train_step, out_shardings=sharding.replicated(mesh), **options)
 
 
-def make_eval_step(loss_fn: Callable, n_way: int, mesh: Mesh | None = None):
+def make_eval_step(
+  loss_fn: Callable,
+  n_way: int,
+  mesh: Mesh | None = None,
+  compiler_options: dict[str, str] | None = None,
+):
   """Returns jit((state, episodes [E, ...]) -> metrics with arrays [E]), one per episode.
 
   Metrics are the algorithm's: "loss" and "accuracy" [E], and, where the algorithm
   gives them, "predictions" [E, N*Q], the predicted class of every query. With a
-  ``mesh``, the episodes and the metrics are sharded P("data").
+  ``mesh``, the episodes and the metrics are sharded P("data"). ``compiler_options``
+  go to ``jax.jit``.
   """
 
   def eval_step(state: TrainState, episodes: Episode):
@@ -97,5 +109,9 @@ def make_eval_step(loss_fn: Callable, n_way: int, mesh: Mesh | None = None):
     return jax.vmap(one)(episodes, rngs)
 
   if mesh is None:
-    return jax.jit(eval_step)
-  return jax.jit(eval_step, out_shardings=sharding.sharded_along_batch(mesh))
+    return jax.jit(eval_step, compiler_options=compiler_options)
+  return jax.jit(
+    eval_step,
+    out_shardings=sharding.sharded_along_batch(mesh),
+    compiler_options=compiler_options,
+  )
