@@ -213,7 +213,7 @@ def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.Co
   config.train.n_way, config.train.k_shot, config.train.n_query = n_way, k_shot, k_shot
   config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
   config.eval.test_episodes = 1000
-  # Per-task products of MAML on Omniglot run 8-17% faster in Eigen than in
+  # Per-task products of MAML on Omniglot ran 7-14% faster in Eigen than in
   # YNNPACK on XLA:CPU (README, Performance); ignored on GPU and TPU.
   config.cpu_matmuls = "eigen"
   if "quick" in words:

@@ -11,11 +11,11 @@ process-wide changes and other backends are untouched:
   order 2.3x slower (1.15-1.22 s against 0.53-0.61 s per step).
 
 Neither is faster everywhere. On this project's 2-core CPU, in alternated runs of
-``python -m fsl_jax.bench`` (s/step, YNNPACK -> Eigen; see the README):
+``python -m fsl_jax.bench`` (figures in the README):
 
-* batched per-task products of MAML on Omniglot ([16, 980, 576] x [16, 576, 64]
-  and its transposes) ran 10-20% faster in Eigen; alone, [16, 980, 576] x
-  [16, 576, 64] took 12.6 ms in YNNPACK and 9.9 ms in Eigen;
+* MAML on Omniglot, whose batched per-task products are like [16, 980, 576] x
+  [16, 576, 64]: whole steps ran 7-14% faster in Eigen (medians). That product
+  alone took 12.6 ms in YNNPACK and 9.9 ms in Eigen.
 * FCE's LSTM products ([3200, 6400] weights) ran faster in YNNPACK, and so did
   the [N, 64] x [64, 64] Winograd products of Matching Networks on Omniglot
   (0.34 ms against 0.69 ms for [3920, 64] x [64, 64] alone).
