@@ -55,9 +55,13 @@ class MetricsWriter:
   """Appends ``{"step", "split", **metrics}`` rows to metrics.jsonl and TensorBoard.
 
   Only one process writes (``enabled``); the others ignore every call.
+  ``kept_through``: the last step whose earlier rows stand, the checkpoint a
+  resumed run starts from (0 for a fresh run). The caller drops later rows from
+  metrics.jsonl (``drop_rows_after``); TensorBoard is told to hide the earlier
+  runs' events after it (``purge_step``), so a resumed curve has no duplicates.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, kept_through: int = 0):
     self.enabled = enabled
     if not enabled:
       return
@@ -65,7 +69,13 @@ class MetricsWriter:
 
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    # The suffix also keeps a quick resume, within the same second, from
+    # overwriting the earlier file (the name is otherwise the second and host).
+    self._tensorboard = SummaryWriter(
+      os.path.join(workdir, "tensorboard"),
+      purge_step=kept_through + 1,
+      filename_suffix=f".resumed_after_{kept_through}" if kept_through else "",
+    )
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:

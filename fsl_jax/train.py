@@ -140,9 +140,10 @@ def _train_and_evaluate(config, workdir: str, sigterm: SigtermFlag) -> dict:
   options = cpu_matmuls.compiler_options(config.cpu_matmuls)
   eval_step = make_eval_step(algorithm.loss, config.eval.n_way, mesh, options)
   checkpoints = Checkpoints(workdir)
+  kept_through = checkpoints.latest_step() or 0
   if is_writer:
-    drop_rows_after(os.path.join(workdir, "metrics.jsonl"), checkpoints.latest_step() or 0)
-  writer = MetricsWriter(workdir, enabled=is_writer)
+    drop_rows_after(os.path.join(workdir, "metrics.jsonl"), kept_through)
+  writer = MetricsWriter(workdir, enabled=is_writer, kept_through=kept_through)
 
   def validate(current_state) -> dict:
     return evaluate(

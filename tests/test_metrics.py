@@ -2,9 +2,12 @@
 
 import json
 import math
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from fsl_jax.metrics import MetricsWriter, Progress, format_duration, mean_and_ci95
 
@@ -44,3 +47,36 @@ def test_writer_writes_jsonl_and_tensorboard_and_a_disabled_one_writes_nothing(t
   silent.write(1, "train", {"loss": 1.0})
   silent.close()
   assert not (tmp_path / "b").exists()
+
+
+def read_events(path: Path) -> list[Event]:
+  """The records of a TensorBoard event file: [length u64][crc][Event][crc] each."""
+  data, events, at = path.read_bytes(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at : at + 8])
+    events.append(Event.FromString(data[at + 12 : at + 12 + length]))
+    at += 12 + length + 4
+  return events
+
+
+def test_a_resumed_writer_tells_tensorboard_to_hide_the_earlier_events_after_its_checkpoint(
+  tmp_path,
+):
+  first = MetricsWriter(str(tmp_path))
+  for step in range(1, 7):  # Crashed after step 6; the checkpoint is at step 3.
+    first.write(step, "train", {"loss": 1.0 / step})
+  first.close()
+  resumed = MetricsWriter(str(tmp_path), kept_through=3)
+  resumed.write(4, "train", {"loss": 0.5})
+  resumed.close()
+  files = sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert len(files) == 2
+  by_file = [read_events(path) for path in files]
+  starts = [
+    [e.step for e in events if e.session_log.status == SessionLog.START] for events in by_file
+  ]
+  # TensorBoard drops earlier events at steps >= a START's step: 4..6 of the
+  # first file. A fresh writer (kept_through=0) purges from step 1.
+  assert sorted(starts) == [[1], [4]]
+  scalars = [[e.step for e in events if e.summary.value] for events in by_file]
+  assert sorted(scalars) == [[1, 2, 3, 4, 5, 6], [4]]

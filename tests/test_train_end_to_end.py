@@ -106,6 +106,8 @@ def test_a_resumed_run_ends_with_bitwise_identical_params(
   )
   full, resumed = Checkpoints(str(full_workdir)), Checkpoints(str(tmp_path))
   assert full.latest_step() == resumed.latest_step() == 6
+  # The second run's TensorBoard file hides the first's events after step 3.
+  assert len(list((tmp_path / "tensorboard").glob("*.resumed_after_3"))) == 1
   like = full.manager.restore(6)  # Raw pytree, no target needed.
   other = resumed.manager.restore(6)
   leaves = jax.tree.leaves(like)
