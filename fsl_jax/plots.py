@@ -22,13 +22,25 @@ GREEN, RED, GREY = "#009E73", "#D55E00", "#777777"
 
 @dataclasses.dataclass
 class Series:
-  """One line: ``xs`` and ``ys`` of equal length; ``style`` "line" or "points"."""
+  """One line: ``xs`` and ``ys`` of equal length; ``style`` "line" or "points".
+
+  Any sequence or array works; it is kept as a list of Python floats, since the
+  drawing visits every point in Python. (A JAX array visited point by point
+  costs a device round trip per value: the sinusoid example's plot took 16-22 s
+  from JAX arrays, and 2.2 s from floats, most of it compiling its fits.)
+  """
 
   label: str
   xs: Sequence[float]
   ys: Sequence[float]
   style: str = "line"
   color: str | None = None
+
+  def __post_init__(self):
+    self.xs = np.asarray(self.xs, dtype=np.float64).reshape(-1).tolist()
+    self.ys = np.asarray(self.ys, dtype=np.float64).reshape(-1).tolist()
+    if len(self.xs) != len(self.ys):
+      raise ValueError(f"series {self.label!r}: {len(self.xs)} xs but {len(self.ys)} ys.")
 
 
 @dataclasses.dataclass

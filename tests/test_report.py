@@ -144,3 +144,11 @@ def test_ticks_are_round_and_enclose_the_data(low, high):
 def test_missing_results_is_an_error(tmp_path):
   with pytest.raises(FslError, match=r"no results\.json"):
     report.write_report([str(tmp_path)])
+
+
+def test_a_series_keeps_python_floats_from_any_array_and_checks_lengths():
+  series = plots.Series("wave", jnp.linspace(0.0, 1.0, 3), np.array([[1.0], [2.0], [3.0]]))
+  assert series.xs == [0.0, 0.5, 1.0] and series.ys == [1.0, 2.0, 3.0]
+  assert all(type(v) is float for v in series.xs + series.ys)
+  with pytest.raises(ValueError, match="'wave': 3 xs but 2 ys"):
+    plots.Series("wave", [0.0, 1.0, 2.0], [1.0, 2.0])
