@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
-from fsl_jax import cpu_matmuls, host_allocator, op_profile, sharding
+from fsl_jax import host_allocator, op_profile, sharding
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.cpu_matmuls import CPU_MATMULS
 from fsl_jax.data.class_images import ClassImages
@@ -202,8 +202,7 @@ def time_train_step(
   example = jnp.asarray(sampler.episode(0).support)
   state = create_train_state(model, tx, example, 0, algorithm.init_params)
   state = jax.device_put(state, sharding.replicated(mesh))
-  options = cpu_matmuls.compiler_options(config.cpu_matmuls)
-  step = make_train_step(algorithm.loss, tx, workload.shape.n_way, mesh, options)
+  step = make_train_step(algorithm.loss, tx, workload.shape.n_way, mesh, config.cpu_matmuls)
   size = workload.meta_batch_size
   sharding.check_batch_divides(size, mesh, "meta_batch_size")
   batches = [sharding.to_global(sampler.episodes(i * size, size), mesh) for i in range(4)]

@@ -1,7 +1,8 @@
 """Which library runs XLA:CPU's matrix products: YNNPACK (XLA's default) or Eigen.
 
-``config.cpu_matmuls`` picks one for the jitted train and eval steps, as a
-per-compile XLA option (``jax.jit(..., compiler_options=...)``), so nothing
+``config.cpu_matmuls`` picks one for the jitted train and eval steps
+(``steps.make_train_step(..., cpu_matmuls)``), as a per-compile XLA option
+(``jax.jit(..., compiler_options=...)``), so nothing
 process-wide changes and other backends are untouched:
 
 * ``"ynnpack"``: XLA:CPU's default. Every dot YNNPACK supports runs there, in a

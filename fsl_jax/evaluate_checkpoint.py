@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fsl_jax import cpu_matmuls, sharding
+from fsl_jax import sharding
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.data.datasets import load_dataset
@@ -146,12 +146,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   results = read_results(workdir)
   check_same_model(config, results, workdir)
   mesh = sharding.make_mesh()
-  options = cpu_matmuls.compiler_options(config.cpu_matmuls)
 
   if task == "lake_runs":
     runs = load_lake_runs(config.eval.lake_runs, config.data.image_size)
     state, algorithm = restore_best(config, workdir, runs.support[0])
-    eval_step = make_eval_step(algorithm.loss, LAKE_N_WAY, mesh, options)
+    eval_step = make_eval_step(algorithm.loss, LAKE_N_WAY, mesh, config.cpu_matmuls)
     key, result = "lake_runs", evaluate_lake_runs(eval_step, state, runs, mesh)
     result["path"] = os.path.abspath(config.eval.lake_runs)
   else:
@@ -164,7 +163,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     shape = EpisodeShape(config.eval.n_way, config.eval.k_shot, config.eval.n_query)
     sampler = EpisodeSampler(data[split], shape, config.eval.seed, "config.eval")
     state, algorithm = restore_best(config, workdir, sampler.episode(0).support)
-    eval_step = make_eval_step(algorithm.loss, shape.n_way, mesh, options)
+    eval_step = make_eval_step(algorithm.loss, shape.n_way, mesh, config.cpu_matmuls)
     key = setting_key(split, shape)
     result = evaluate(
       eval_step, state, sampler, config.eval.test_episodes, config.eval.batch_size, mesh

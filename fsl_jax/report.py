@@ -193,7 +193,7 @@ def run_config(results: dict) -> ml_collections.ConfigDict:
 
 def predict_test_episode(workdir: str, results: dict):
   """(episode, predictions [N*Q], config, step) for test episode 0 of ``workdir``'s best state."""
-  from fsl_jax import cpu_matmuls, sharding
+  from fsl_jax import sharding
   from fsl_jax.data.datasets import load_dataset
   from fsl_jax.data.episodes import Episode, EpisodeSampler, EpisodeShape
   from fsl_jax.evaluate import run_episodes
@@ -207,8 +207,7 @@ def predict_test_episode(workdir: str, results: dict):
   sampler = EpisodeSampler(data[part], shape, config.eval.seed, "config.eval")
   episode = sampler.episode(0)
   state, algorithm = restore_best(config, workdir, episode.support)
-  options = cpu_matmuls.compiler_options(config.cpu_matmuls)
-  eval_step = make_eval_step(algorithm.loss, shape.n_way, compiler_options=options)
+  eval_step = make_eval_step(algorithm.loss, shape.n_way, cpu_matmuls=config.cpu_matmuls)
   batch = Episode(*(x[None] for x in episode))
   metrics = run_episodes(eval_step, state, batch, sharding.make_mesh())
   if "predictions" not in metrics:

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from fsl_jax import divergence, sharding
+from fsl_jax.cpu_matmuls import compiler_options
 from fsl_jax.data.episodes import Episode
 from fsl_jax.state import TrainState
 
@@ -29,7 +30,7 @@ def make_train_step(
   tx: optax.GradientTransformation,
   n_way: int,
   mesh: Mesh | None = None,
-  compiler_options: dict[str, str] | None = None,
+  cpu_matmuls: str = "ynnpack",
 ):
   """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
 
@@ -40,7 +41,7 @@ def make_train_step(
   per-episode updates. The step rng is fold_in(state.rng, step), split per episode.
   With a ``mesh``, the episodes come sharded P("data") and the new state and the
   metrics are pinned replicated P(): XLA all-reduces the mean gradient.
-  ``compiler_options`` go to ``jax.jit`` (see ``cpu_matmuls.compiler_options``).
+  ``cpu_matmuls`` ("ynnpack" or "eigen") picks XLA:CPU's matmul library (cpu_matmuls.py).
   """
 
   def meta_loss(params, batch_stats, episodes: Episode, rngs, step):
@@ -76,7 +77,7 @@ def make_train_step(
     )
     return new_state, metrics
 
-  options = dict(donate_argnums=(0,), compiler_options=compiler_options)
+  options = dict(donate_argnums=(0,), compiler_options=compiler_options(cpu_matmuls))
   if mesh is None:
     return jax.jit(train_step, **options)
   return jax.jit(train_step, out_shardings=sharding.replicated(mesh), **options)
@@ -86,14 +87,14 @@ def make_eval_step(
   loss_fn: Callable,
   n_way: int,
   mesh: Mesh | None = None,
-  compiler_options: dict[str, str] | None = None,
+  cpu_matmuls: str = "ynnpack",
 ):
   """Returns jit((state, episodes [E, ...]) -> metrics with arrays [E]), one per episode.
 
   Metrics are the algorithm's: "loss" and "accuracy" [E], and, where the algorithm
   gives them, "predictions" [E, N*Q], the predicted class of every query. With a
-  ``mesh``, the episodes and the metrics are sharded P("data"). ``compiler_options``
-  go to ``jax.jit``.
+  ``mesh``, the episodes and the metrics are sharded P("data"). ``cpu_matmuls``
+  as for ``make_train_step``.
   """
 
   def eval_step(state: TrainState, episodes: Episode):
@@ -108,10 +109,7 @@ def make_eval_step(
 
     return jax.vmap(one)(episodes, rngs)
 
+  options = dict(compiler_options=compiler_options(cpu_matmuls))
   if mesh is None:
-    return jax.jit(eval_step, compiler_options=compiler_options)
-  return jax.jit(
-    eval_step,
-    out_shardings=sharding.sharded_along_batch(mesh),
-    compiler_options=compiler_options,
-  )
+    return jax.jit(eval_step, **options)
+  return jax.jit(eval_step, out_shardings=sharding.sharded_along_batch(mesh), **options)

@@ -28,7 +28,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from fsl_jax import cpu_matmuls, divergence, sharding
+from fsl_jax import divergence, sharding
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.data.datasets import load_dataset
@@ -137,8 +137,7 @@ def _train_and_evaluate(config, workdir: str, sigterm: SigtermFlag) -> dict:
 
   model, algorithm = make_algorithm(config)
   example = jnp.asarray(train_sampler.episode(0).support)
-  options = cpu_matmuls.compiler_options(config.cpu_matmuls)
-  eval_step = make_eval_step(algorithm.loss, config.eval.n_way, mesh, options)
+  eval_step = make_eval_step(algorithm.loss, config.eval.n_way, mesh, config.cpu_matmuls)
   checkpoints = Checkpoints(workdir)
   kept_through = checkpoints.latest_step() or 0
   if is_writer:
@@ -179,7 +178,7 @@ def _train_and_evaluate(config, workdir: str, sigterm: SigtermFlag) -> dict:
         state = _train_loop(
           config,
           state,
-          make_train_step(algorithm.loss, tx, config.train.n_way, mesh, options),
+          make_train_step(algorithm.loss, tx, config.train.n_way, mesh, config.cpu_matmuls),
           train_sampler,
           mesh,
           checkpoints,

@@ -82,9 +82,8 @@ def test_second_order_maml_steps_agree_between_libraries():
   state = create_train_state(model, tx, jnp.asarray(episodes.support[0]), 0, algorithm.init_params)
   outputs = {}
   for library in cpu_matmuls.CPU_MATMULS:
-    options = cpu_matmuls.compiler_options(library)
-    train_step = make_train_step(algorithm.loss, tx, 3, compiler_options=options)
-    eval_step = make_eval_step(algorithm.loss, 3, compiler_options=options)
+    train_step = make_train_step(algorithm.loss, tx, 3, cpu_matmuls=library)
+    eval_step = make_eval_step(algorithm.loss, 3, cpu_matmuls=library)
     compiled = train_step.lower(state, episodes).compile()
     new_state, metrics = compiled(jax.tree.map(jnp.copy, state), episodes)
     outputs[library] = (compiled.as_text(), new_state.params, metrics, eval_step(state, episodes))
