@@ -93,6 +93,26 @@ def test_close_early_stops_the_producer(count):
     next(it)
 
 
+def test_close_waits_for_the_item_in_flight_then_the_thread_has_ended():
+  # The process may exit right after close: a producer still inside produce() (a
+  # device transfer in C++) when the interpreter exits aborts the process.
+  started = threading.Event()
+
+  def produce(i):
+    if i == 2:
+      started.set()
+      time.sleep(0.5)
+    return i
+
+  before = set(prefetch_threads())
+  it = prefetch(produce, range(10), depth=1)
+  assert next(it) == 0
+  (thread,) = set(prefetch_threads()) - before
+  assert started.wait(timeout=3.0)  # Item 1 is queued; item 2 is in produce().
+  it.close()
+  assert not thread.is_alive()
+
+
 def test_close_after_producer_error_stops_the_producer():
   def produce(i):
     if i == 2:  # Item 1 fills the queue, so the error has to wait for room.
