@@ -3,8 +3,10 @@
 One CheckpointManager in ``workdir/checkpoints`` keeps the two latest steps (to
 resume) and the step with the highest validation accuracy (to test). Orbax
 writes each step to a temporary folder and renames it when complete, so a
-crash mid-save never leaves a half-written checkpoint that looks valid; the
-temporary folders such a crash leaves are deleted when the workdir is next opened.
+crash mid-save never leaves a half-written checkpoint that looks valid. A save
+that fails deletes its temporary folder at once (on a full disk it holds the
+space the user is asked to free); those a crash or a kill leaves are deleted
+when the workdir is next opened.
 
 Failures a user can act on become ``CheckpointError``s that name the folder and
 the fix: a checkpoint whose shapes do not match the config, and a save that
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -86,6 +89,7 @@ class Checkpoints:
       self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
       self.manager.wait_until_finished()
     except Exception as e:  # Disk full, quota, permissions, a broken mount...
+      self._remove_unfinished(step)
       kept = sorted(self.manager.all_steps())
       raise CheckpointError(
         f"could not save the checkpoint of step {step} in {self.directory}: {_cause(e)}. "
@@ -150,6 +154,15 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+  def _remove_unfinished(self, step: int) -> None:
+    """Deletes the temporary folder a failed save of ``step`` left (process 0 only)."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      path = os.path.join(self.directory, name)
+      if name.startswith(f"{step}.") and ocp.utils.is_tmp_checkpoint(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:

@@ -1,6 +1,7 @@
 """Checkpoints: round trip, the best by validation accuracy, what is kept, and errors."""
 
 import errno
+import os
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,9 @@ def test_a_full_disk_during_a_save_keeps_the_earlier_checkpoints(tmp_path, monke
   assert "could not save the checkpoint of step 3" in message
   assert "No space left on device" in message and "(steps [1, 2]) are intact" in message
   assert "resume from step 2" in message
+  # The failed save's temporary folder is gone at once: on a full disk it holds the
+  # space the message asks to free.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
   checkpoints.close()
 
   reopened = Checkpoints(str(tmp_path))  # As the next run would.
