@@ -11,8 +11,8 @@
 # logs to LOG_DIR/process_i.log. N defaults to every GPU nvidia-smi lists.
 # Everything after "--" goes to `python -m fsl_jax.main`. Run from the repository root.
 set -euo pipefail
-
-usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+# shellcheck source=launch/processes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 dry_run=0
 gpus=""
@@ -66,12 +66,7 @@ fi
 if ((dry_run)); then
   echo "${commands[0]}"
   if ((per_gpu)); then
-    echo "mkdir -p $(printf '%q' "$log_dir")"
-    echo "${commands[1]}&"
-    for ((i = 1; i < gpus; i++)); do
-      echo "${commands[i + 1]}> $(printf '%q' "$log_dir/process_$i.log") 2>&1 &"
-    done
-    echo "wait"
+    print_processes "$log_dir" "${commands[@]:1}"
   else
     echo "${commands[1]}"
   fi
@@ -83,28 +78,4 @@ if ((!per_gpu)); then
   eval "${commands[1]}"
   exit
 fi
-mkdir -p "$log_dir"
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-}
-trap 'stop_all; exit 130' INT TERM
-for ((i = 0; i < gpus; i++)); do
-  if ((i == 0)); then
-    eval "${commands[i + 1]}" &
-  else
-    eval "${commands[i + 1]}" >"$log_dir/process_$i.log" 2>&1 &
-  fi
-  pids+=("$!")
-done
-status=0
-for ((n = 0; n < gpus; n++)); do
-  if ! wait -n; then
-    if ((status == 0)); then
-      echo "a process failed; stopping the others (logs: process 0 above, $log_dir)" >&2
-    fi
-    status=1
-    stop_all
-  fi
-done
-exit "$status"
+run_processes "$log_dir" "${commands[@]:1}"

@@ -10,8 +10,8 @@
 # from the repository root. The run fails if any process fails; then the others
 # are stopped.
 set -euo pipefail
-
-usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+# shellcheck source=launch/processes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 dry_run=0
 num_processes=2
@@ -50,40 +50,7 @@ for ((i = 0; i < num_processes; i++)); do
 done
 
 if ((dry_run)); then
-  echo "mkdir -p $(printf '%q' "$log_dir")"
-  for ((i = 0; i < num_processes; i++)); do
-    if ((i == 0)); then
-      echo "${commands[i]}&"
-    else
-      echo "${commands[i]}> $(printf '%q' "$log_dir/process_$i.log") 2>&1 &"
-    fi
-  done
-  echo "wait"
+  print_processes "$log_dir" "${commands[@]}"
   exit 0
 fi
-
-mkdir -p "$log_dir"
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-}
-trap 'stop_all; exit 130' INT TERM
-for ((i = 0; i < num_processes; i++)); do
-  if ((i == 0)); then
-    eval "${commands[i]}" &
-  else
-    eval "${commands[i]}" >"$log_dir/process_$i.log" 2>&1 &
-  fi
-  pids+=("$!")
-done
-status=0
-for ((n = 0; n < num_processes; n++)); do
-  if ! wait -n; then
-    if ((status == 0)); then
-      echo "a process failed; stopping the others (logs: process 0 above, $log_dir)" >&2
-    fi
-    status=1
-    stop_all
-  fi
-done
-exit "$status"
+run_processes "$log_dir" "${commands[@]}"

@@ -6,6 +6,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,31 @@ def test_a_misspelt_option_is_an_error(script):
     ["bash", str(ROOT / "launch" / script), "--dry-runn"], capture_output=True, text=True
   )
   assert result.returncode == 2 and "unknown option --dry-runn" in result.stderr
+
+
+def run_processes(log_dir: Path, *commands: str) -> subprocess.CompletedProcess:
+  """``run_processes LOG_DIR COMMAND...`` of launch/processes.sh, in a fresh bash."""
+  script = 'source launch/processes.sh; run_processes "$@"'
+  return subprocess.run(
+    ["bash", "-c", script, "bash", str(log_dir), *commands],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=60,
+  )
+
+
+def test_run_processes_logs_process_i_to_its_file_and_succeeds_when_all_do(tmp_path):
+  result = run_processes(tmp_path / "logs", "echo zero", "echo one", "echo two")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == "zero\n"  # Process 0 writes to the terminal.
+  for i, word in ((1, "one"), (2, "two")):
+    assert (tmp_path / "logs" / f"process_{i}.log").read_text() == f"{word}\n"
+
+
+def test_run_processes_stops_the_others_when_one_fails(tmp_path):
+  started = time.monotonic()
+  result = run_processes(tmp_path, "sleep 50", "bash -c 'sleep 0.5; exit 3'", "sleep 50")
+  assert result.returncode == 1
+  assert "a process failed; stopping the others" in result.stderr
+  assert time.monotonic() - started < 20, "the sleeping processes were not stopped"
