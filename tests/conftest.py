@@ -1,9 +1,20 @@
-"""Shared fixtures: the shared data folder and the real small Omniglot, built once."""
+"""Shared fixtures: the shared data folder and the real small Omniglot, built once.
+
+The session also shares one JAX compilation cache, new for each session: tests
+and the ``python -m fsl_jax.main`` subprocesses they start compile the same quick
+configs many times over, and later compiles of the same program load it instead.
+Tests that count compiles count traces (``_cache_size``), which a cache hit does
+not change.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 from fixtures_omniglot import write_synthetic_omniglot_zip
 
@@ -11,6 +22,24 @@ from fsl_jax.data.class_images import load_omniglot
 
 # The repo and shared/ are siblings: /work/main and /work/shared, in CI as here.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config):
+  """Points this process and its subprocesses at a new, empty compilation cache."""
+  cache_dir = tempfile.mkdtemp(prefix="fsl_jax_test_jax_cache_")
+  config.fsl_jax_cache_dir = cache_dir
+  # Every compile is cached, however small or quick.
+  for option, value in (
+    ("jax_compilation_cache_dir", cache_dir),
+    ("jax_persistent_cache_min_compile_time_secs", 0.0),
+    ("jax_persistent_cache_min_entry_size_bytes", 0),
+  ):
+    os.environ[option.upper()] = str(value)  # For the subprocesses.
+    jax.config.update(option, value)
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(getattr(config, "fsl_jax_cache_dir", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
