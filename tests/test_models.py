@@ -1,5 +1,7 @@
 """conv-4: every convolution formulation computes the same function, and shapes are right."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
 from fsl_jax.models.conv4 import Conv4, conv3x3
 from fsl_jax.models.max_pool import max_pool_2x2
+from fsl_jax.models.winograd import winograd_pays
 
 
 @pytest.mark.parametrize("c_in", [1, 3, 8])
@@ -145,6 +148,44 @@ def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second
     return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(inner)(x) ** 2)))
 
   np.testing.assert_allclose(second(max_pool_2x2)(x), second(gather_pool)(x), rtol=1e-5, atol=1e-6)
+
+
+def _window_comparisons_in_backward_fusions(hlo: str) -> int:
+  """Per-pixel ``>=`` comparisons (the pool's argmax tournament) in the backward pass's fusions."""
+  bodies = {}
+  for computation in re.split(r"\n(?=\S)", hlo):
+    name = re.match(r"%(\S+) ", computation)
+    if name:
+      bodies[name.group(1)] = computation
+  entry = hlo[hlo.index("\nENTRY") :]
+  count = 0
+  for fusion in re.finditer(r" fusion\(.*?calls=%([\w.\-]+).*?op_name=\"([^\"]*)\"", entry):
+    if "transpose(" in fusion.group(2):
+      body = bodies[fusion.group(1)]
+      count += len(re.findall(r"= pred\[\d+(?:,\d+){3,}\]\S* compare\(.*direction=GE", body))
+  return count
+
+
+def test_backward_pass_reads_the_stored_argmax_instead_of_recomputing_it():
+  """The pool's argmax is computed once, in the forward pass. Were XLA free to fuse its
+  tournament into the backward consumers, each of Winograd's 16 backward transforms
+  would redo it (71 comparisons in matching_omniglot_5w1s's train step before the fix)."""
+  images = jnp.zeros((41, 28, 28, 1), jnp.uint8)
+  assert winograd_pays((41, 14, 14, 64), stride=1)  # Layer 2: 41 * 7 * 7 tiles.
+  model = Conv4(conv_impl="winograd")
+  variables = model.init(jax.random.PRNGKey(0), images, train=True)
+
+  def loss(params):
+    out, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return jnp.sum(out**2)
+
+  hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+  assert _window_comparisons_in_backward_fusions(hlo) == 0
 
 
 @pytest.mark.parametrize("impl", ["im2col"])  # "xla" shares every cast; it costs 12 s more.

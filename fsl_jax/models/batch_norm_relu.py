@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.models.materialized import materialized
 from fsl_jax.models.max_pool import max_pool_2x2
 
 
@@ -101,22 +102,4 @@ def _per_channel(*vectors: jax.Array) -> tuple[jax.Array, ...]:
   operations on [tasks, C]: 50-110 ms per inner step in one loop over
   [4, 35280, 32]. ``lax.optimization_barrier`` does not prevent this on CPU.
   """
-  return tuple(_materialized(v) for v in vectors)
-
-
-@jax.custom_vjp
-def _materialized(v: jax.Array) -> jax.Array:
-  """``v``, as the output of a reduction (a sum over an axis of ``[v, 0]``), which XLA
-  does not fuse into its consumers; the cotangent passes through the same."""
-  return jnp.stack([v, jnp.zeros_like(v)]).sum(0)
-
-
-def _materialized_fwd(v):
-  return _materialized(v), None
-
-
-def _materialized_bwd(_, g):
-  return (_materialized(g),)
-
-
-_materialized.defvjp(_materialized_fwd, _materialized_bwd)
+  return tuple(materialized(v) for v in vectors)

@@ -1,13 +1,16 @@
 """2x2 max-pooling with a cheap, exact, twice-differentiable VJP.
 
 ``max_pool_2x2`` keeps each window's argmax (the first maximum in corner order)
-as an int8 index from the forward pass, and its backward pass is one select.
+as an int8 index from the forward pass, stored once (``materialized``), and its
+backward pass is one select.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from fsl_jax.models.materialized import materialized
 
 
 def _window_corners(x: jax.Array) -> tuple[jax.Array, ...]:
@@ -25,7 +28,9 @@ def _max_pool_forward(x: jax.Array):
   first = best_left >= best_right
   pooled = jnp.where(first, best_left, best_right)
   index = jnp.where(first, jnp.where(left, 0, 1), jnp.where(right, 2, 3)).astype(jnp.int8)
-  return pooled, (index, x.shape)
+  # Stored once: left to XLA, the tournament was recomputed inside each backward
+  # fusion that reads the pooled gradient (materialized.py).
+  return pooled, (materialized(index), x.shape)
 
 
 def _max_pool_backward(residuals, g: jax.Array):
