@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
-from fsl_jax.models import conv4
+from fsl_jax.models import conv4, winograd
 from fsl_jax.models.conv4 import conv3x3, default_conv_impl
 from fsl_jax.models.winograd import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, winograd_conv
 
@@ -39,6 +39,23 @@ def test_winograd_in_float32_is_within_rounding_of_the_definition():
   got = winograd_conv(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
   want = numpy_conv(x, k)
   assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
+def test_kernel_transform_is_g_k_g_transposed_and_its_adjoint_the_transpose():
+  """U[p] = (G k G^T)[row, col] with Lavin & Gray's G, and G^T dU G its exact adjoint."""
+  rng = np.random.default_rng(1)
+  k, du = rng.normal(size=(3, 3, 5, 4)), rng.normal(size=(16, 5, 4))
+  g = np.asarray(winograd.WINOGRAD_G)
+  with jax.enable_x64():
+    u = np.stack(winograd._kernel_tiles(jnp.asarray(k)))
+    dk = np.asarray(winograd._kernel_tiles_adjoint(list(jnp.asarray(du))))
+  np.testing.assert_allclose(
+    u, np.einsum("pi,ijco,qj->pqco", g, k, g).reshape(16, 5, 4), rtol=1e-14
+  )
+  want = np.einsum("pi,pqco,qj->ijco", g, du.reshape(4, 4, 5, 4), g)
+  np.testing.assert_allclose(dk, want, rtol=1e-13, atol=1e-13)
+  # Adjoint: <U(k), dU> = <k, U^T(dU)>.
+  np.testing.assert_allclose(np.sum(u * du), np.sum(k * dk), rtol=1e-12)
 
 
 def test_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap():
