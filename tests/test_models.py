@@ -127,7 +127,10 @@ def test_make_model_honours_every_config_model_field():
   )
 
 
-def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second_order():
+@pytest.mark.parametrize("store_index", [False, True])
+def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second_order(
+  store_index,
+):
   def gather_pool(x):  # The straightforward definition: gather each window at its argmax.
     b, h, w, c = x.shape
     win = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
@@ -135,19 +138,20 @@ def test_max_pool_matches_a_gather_at_the_first_argmax_including_ties_and_second
     index = jnp.argmax(win, axis=-1, keepdims=True)
     return jnp.take_along_axis(win, index, axis=-1)[..., 0]
 
+  pool_2x2 = lambda x: max_pool_2x2(x, store_index)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 5))
   x = x.at[0, 0, 0, :].set(x[0, 1, 1, :]).at[1, 2, 2, :].set(0.0).at[1, 3, 3, :].set(0.0)  # Ties.
-  for pool in (max_pool_2x2, gather_pool):
+  for pool in (pool_2x2, gather_pool):
     assert pool(x).shape == (3, 3, 3, 5)
-  np.testing.assert_array_equal(max_pool_2x2(x), gather_pool(x))
+  np.testing.assert_array_equal(pool_2x2(x), gather_pool(x))
   first = lambda p: jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(3.0 * p(x)))))
-  np.testing.assert_array_equal(first(max_pool_2x2)(x), first(gather_pool)(x))
+  np.testing.assert_array_equal(first(pool_2x2)(x), first(gather_pool)(x))
 
   def second(p):  # d/dx of |d/dy sum(sin(p(y) * y'))|^2, as second-order MAML needs.
     inner = lambda y: jnp.sum(jnp.sin(p(y) * y[:, :3, :3]))
     return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(inner)(x) ** 2)))
 
-  np.testing.assert_allclose(second(max_pool_2x2)(x), second(gather_pool)(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(second(pool_2x2)(x), second(gather_pool)(x), rtol=1e-5, atol=1e-6)
 
 
 def _window_comparisons_in_backward_fusions(hlo: str) -> int:

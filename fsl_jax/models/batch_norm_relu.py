@@ -48,6 +48,7 @@ class BatchNormRelu(nn.Module):
 
   Attributes:
     max_pool: follow with ``max_pool_2x2`` (odd sides floored), pooled first.
+    store_pool_index: the pool's ``store_index`` (for Winograd models; see there).
     momentum: running-average decay ``m``, as ``flax.linen.BatchNorm``'s.
     epsilon: added to the variance.
     dtype: dtype of the output (the block's compute dtype); moments, params and
@@ -55,6 +56,7 @@ class BatchNormRelu(nn.Module):
   """
 
   max_pool: bool = False
+  store_pool_index: bool = False
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = None
@@ -85,7 +87,8 @@ class BatchNormRelu(nn.Module):
     if self.max_pool:
       sign = jnp.where(scale >= 0, 1.0, -1.0)  # Piecewise constant: no gradient.
       a, b, sign = _per_channel(sign * a, b, sign.astype(y.dtype))
-      out = nn.relu(a * max_pool_2x2(sign * y) + b)  # max_pool_2x2(sign * y): [B, H/2, W/2, C].
+      pooled = max_pool_2x2(sign * y, self.store_pool_index)  # [B, H/2, W/2, C].
+      out = nn.relu(a * pooled + b)
     else:
       a, b = _per_channel(a, b)
       out = nn.relu(a * y + b)

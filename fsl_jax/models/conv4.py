@@ -27,7 +27,8 @@ affine map and the ReLU, which commute with the max once the sign of batch norm'
 scale is accounted for, so they run on a quarter of the pixels. The pool routes
 each window's gradient to its argmax through a custom VJP
 (``max_pool.max_pool_2x2``), far cheaper on CPU than ``reduce_window``'s
-select-and-scatter. Odd sides are floored as in PyTorch.
+select-and-scatter; with Winograd the argmax is stored, since Winograd's backward
+pass reads the pooled gradient 16 times. Odd sides are floored as in PyTorch.
 
 Params and batch statistics are separate pytrees: ``variables = {"params": ...,
 "batch_stats": ...}``; call ``apply(variables, x, train=True, mutable=["batch_stats"])``
@@ -191,7 +192,12 @@ class Conv4(nn.Module):
     for i in range(self.num_blocks):
       x = Conv3x3(self.filters, self.conv_impl, stride=2 if strided else 1)(x)
       x = BatchNormRelu(
-        max_pool=not strided, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"BatchNorm_{i}"
+        max_pool=not strided,
+        store_pool_index=self.conv_impl == "winograd",
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        name=f"BatchNorm_{i}",
       )(x, use_running_average=not train)
     # [B, F] after a spatial mean (strided), else [B, F * h * w].
     x = x.mean(axis=(1, 2)) if strided else x.reshape(x.shape[0], -1)

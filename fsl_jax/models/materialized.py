@@ -8,7 +8,7 @@ that (``lax.optimization_barrier`` does not prevent it on CPU):
   re-evaluated for every pixel (``batch_norm_relu._per_channel``);
 * the max-pool's argmax, whose tournament was recomputed by every backward fusion
   that reads the pooled gradient, 16 times over behind a Winograd layer
-  (``max_pool.max_pool_2x2``).
+  (``max_pool.max_pool_2x2(..., store_index=True)``).
 
 The output of a reduction is not fused into its consumers, so ``materialized(v)``
 is ``v`` written as the sum over an axis of ``[v, 0]``.
