@@ -63,19 +63,24 @@ def test_hand_written_vjp_matches_xla_conv_to_second_order_under_vmap():
   assert_matches_xla_conv_to_second_order_under_vmap(winograd_conv, side=7)
 
 
-def test_winograd_impl_uses_im2col_for_thin_strided_or_small_layers(monkeypatch):
-  """The image layer (C_in < 16), strided layers and small maps go to im2col."""
+def test_winograd_impl_dispatches_image_thin_strided_and_small_layers(monkeypatch):
+  """Grayscale image layers go to image_conv; colour image layers (C_in < 16),
+  strided layers and small maps to im2col."""
   calls = []
   monkeypatch.setattr(conv4, "winograd_conv", lambda x, k: calls.append("winograd") or x)
+  monkeypatch.setattr(conv4, "image_conv", lambda x, k: calls.append("image") or x)
   monkeypatch.setattr(conv4, "im2col_conv", lambda x, k, s: calls.append(f"im2col/{s}") or x)
   c = WINOGRAD_MIN_CHANNELS
   big = WINOGRAD_MIN_TILES // 9 + 1  # [big, 6, 6, C] has 9 * big >= WINOGRAD_MIN_TILES tiles.
   wide, thin, small = jnp.zeros((big, 6, 6, c)), jnp.zeros((big, 6, 6, 3)), jnp.zeros((1, 6, 6, c))
+  gray = jnp.zeros((big, 6, 6, 1))
+  conv3x3(gray, jnp.zeros((3, 3, 1, 8)), "winograd")
+  conv3x3(gray, jnp.zeros((3, 3, 1, 8)), "winograd", stride=2)
   conv3x3(thin, jnp.zeros((3, 3, 3, 8)), "winograd")
   conv3x3(wide, jnp.zeros((3, 3, c, 8)), "winograd", stride=2)
   conv3x3(small, jnp.zeros((3, 3, c, 8)), "winograd")
   conv3x3(wide, jnp.zeros((3, 3, c, 8)), "winograd")
-  assert calls == ["im2col/1", "im2col/2", "im2col/1", "winograd"]
+  assert calls == ["image", "im2col/2", "im2col/1", "im2col/2", "im2col/1", "winograd"]
 
 
 def test_auto_picks_winograd_for_shared_weights_and_im2col_for_maml_on_cpu():

@@ -62,7 +62,14 @@ class BatchNormRelu(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, y: jax.Array, use_running_average: bool) -> jax.Array:
+  def __call__(
+    self,
+    y: jax.Array,
+    use_running_average: bool,
+    moments: tuple[jax.Array, jax.Array] | None = None,
+  ) -> jax.Array:
+    """``moments``: ``(E[y], E[y^2])`` [C] each, where the caller has them more cheaply
+    than by reducing y (the image layer: ``image_conv.image_conv_moments``)."""
     channels = y.shape[-1]
     stat_dtype = jnp.promote_types(y.dtype, jnp.float32)
     scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
@@ -73,9 +80,11 @@ class BatchNormRelu(nn.Module):
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      y32 = y.astype(stat_dtype)
-      axes = tuple(range(y.ndim - 1))
-      mean, mean2 = _per_channel(y32.mean(axes), jnp.square(y32).mean(axes))
+      if moments is None:
+        y32 = y.astype(stat_dtype)
+        axes = tuple(range(y.ndim - 1))
+        moments = y32.mean(axes), jnp.square(y32).mean(axes)
+      mean, mean2 = _per_channel(*moments)
       var = jnp.maximum(mean2 - jnp.square(mean), 0.0)
       if not self.is_initializing():
         m = self.momentum

@@ -14,12 +14,13 @@ The convolution has three formulations with identical numbers, chosen per backen
   matmul rather than a slow grouped convolution. Its products go through
   ``row_products``, so that each backward product, at any order, is one matmul.
 * ``"winograd"``: Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for
-  the stride-1 convolutions with many input channels and pixels, im2col for the
-  others (the image layer, strided layers, small maps; ``winograd_pays``). It
-  does 16 matmuls ``[B*H*W/4, C_in] @ [C_in, C_out]``, 2.25x fewer multiplies
-  than im2col, on an input 4x its size rather than 9x (``winograd_conv``). The
-  fastest on XLA:CPU for shared weights; MAML's per-task weights keep im2col
-  (``default_conv_impl``).
+  the stride-1 convolutions with many input channels and pixels (``winograd_pays``).
+  It does 16 matmuls ``[B*H*W/4, C_in] @ [C_in, C_out]``, 2.25x fewer multiplies
+  than im2col, on an input 4x its size rather than 9x (``winograd_conv``). A
+  grayscale image layer is computed inside its pool and never written, with batch
+  norm's moments from the patches (``image_conv``); strided layers, small maps and
+  colour image layers use im2col. The fastest on XLA:CPU for shared weights;
+  MAML's per-task weights keep im2col (``default_conv_impl``).
 
 Batch norm and ReLU are one module, ``BatchNormRelu``, with flax BatchNorm's
 variables. With max-pooling it pools the convolution's output before batch norm's
@@ -45,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax.models.batch_norm_relu import BatchNormRelu
+from fsl_jax.models.image_conv import image_conv, image_conv_moments, image_conv_pays
 from fsl_jax.models.row_products import matmul
 from fsl_jax.models.winograd import winograd_conv, winograd_pays
 
@@ -99,6 +101,8 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.
   if impl == "winograd":
     if winograd_pays(x.shape, stride):
       return winograd_conv(x, kernel)
+    if image_conv_pays(x.shape, stride):
+      return image_conv(x, kernel)
     return im2col_conv(x, kernel, stride)
   raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
 
@@ -190,7 +194,13 @@ class Conv4(nn.Module):
     x = ((x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)).astype(dtype)
     strided = self.downsample == "stride"
     for i in range(self.num_blocks):
-      x = Conv3x3(self.filters, self.conv_impl, stride=2 if strided else 1)(x)
+      stride = 2 if strided else 1
+      conv = Conv3x3(self.filters, self.conv_impl, stride=stride)
+      y = conv(x)
+      moments = None
+      if self.conv_impl == "winograd" and train and image_conv_pays(x.shape, stride):
+        # The image layer: batch norm's moments from the patches, not from y (image_conv.py).
+        moments = image_conv_moments(x, conv.variables["params"]["kernel"])
       x = BatchNormRelu(
         max_pool=not strided,
         store_pool_index=self.conv_impl == "winograd",
@@ -198,7 +208,7 @@ class Conv4(nn.Module):
         epsilon=1e-5,
         dtype=dtype,
         name=f"BatchNorm_{i}",
-      )(x, use_running_average=not train)
+      )(y, use_running_average=not train, moments=moments)
     # [B, F] after a spatial mean (strided), else [B, F * h * w].
     x = x.mean(axis=(1, 2)) if strided else x.reshape(x.shape[0], -1)
     x = x.astype(out_dtype)
