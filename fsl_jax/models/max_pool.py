@@ -1,8 +1,8 @@
 """2x2 max-pooling with a cheap, exact, twice-differentiable VJP.
 
 ``max_pool_2x2`` keeps each window's argmax (the first maximum in corner order)
-as an int8 index from the forward pass, stored once (``materialized``), and its
-backward pass is one select.
+as an int8 index from the forward pass (written out once with ``store_index``),
+and its backward pass is one select.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def _max_pool_backward(store_index: bool, residuals, g: jax.Array):
   One select over the windows laid out as [B, H/2, 2, W/2, 2, C]: corner (dy, dx)
   has index 2 * dy + dx, and the result reshapes to [B, H, W, C] in place.
   """
+  del store_index  # It only decides, in the forward pass, how the index is kept.
   index, (b, h, w, c) = residuals
   h2, w2 = g.shape[1], g.shape[2]
   shape = (1, 1, 2, 1, 2, 1)
