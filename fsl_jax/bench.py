@@ -241,7 +241,7 @@ def time_train_step(
     "device_peak_bytes": memory.get("peak_bytes_in_use"),
     # XLA's own estimate of the step's scratch memory, on every backend.
     "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
-    "conv_impl": getattr(model, "backbone", model).conv_impl,
+    "conv_impl": getattr(getattr(model, "backbone", model), "conv_impl", "xla"),
     "cpu_matmuls": config.cpu_matmuls,
     **profile,
   }

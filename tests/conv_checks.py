@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsl_jax.models.conv4 import conv3x3
+from fsl_jax.models.cpu.conv4 import conv3x3
 
 
 def assert_matches_xla_conv_to_second_order_under_vmap(conv, side: int, stride: int = 1):

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fsl_jax.models.batch_norm_relu import BatchNormRelu
-from fsl_jax.models.max_pool import max_pool_2x2
+from fsl_jax.models.cpu.batch_norm_relu import BatchNormRelu
+from fsl_jax.models.cpu.max_pool import max_pool_2x2
 
 
 class Reference(nn.Module):
@@ -194,7 +194,7 @@ def test_per_channel_arithmetic_stays_out_of_per_pixel_loops_at_second_order(
   """Three differentiated inner steps through the block (as second-order MAML): XLA's
   per-pixel fusions hold at most a few per-channel operations. Without
   ``_per_channel`` they hold about 200, re-evaluated for every pixel."""
-  from fsl_jax.models import batch_norm_relu
+  from fsl_jax.models.cpu import batch_norm_relu
 
   if not materialised:
     monkeypatch.setattr(batch_norm_relu, "_per_channel", lambda *vectors: vectors)

@@ -11,12 +11,12 @@ import pytest
 from orbax.checkpoint._src.path import async_path
 
 from fsl_jax.checkpointing import CheckpointError, Checkpoints
-from fsl_jax.models.conv4 import Conv4
+from fsl_jax.models.cpu.conv4 import CpuConv4
 from fsl_jax.state import create_train_state
 
 
 def make_state(seed=0):
-  model = Conv4(filters=4, num_blocks=2)
+  model = CpuConv4(filters=4, num_blocks=2)
   return create_train_state(model, optax.adam(1e-3), jnp.zeros((2, 8, 8, 1), jnp.uint8), seed)
 
 
@@ -56,7 +56,7 @@ def test_a_checkpoint_of_another_model_shape_is_a_clear_error_and_is_kept(tmp_pa
   checkpoints.close()
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
   other = create_train_state(
-    Conv4(filters=8, num_blocks=2), optax.adam(1e-3), jnp.zeros((2, 8, 8, 1), jnp.uint8), 0
+    CpuConv4(filters=8, num_blocks=2), optax.adam(1e-3), jnp.zeros((2, 8, 8, 1), jnp.uint8), 0
   )
   reopened = Checkpoints(str(tmp_path))
   with pytest.raises(CheckpointError) as error:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
-from fsl_jax.models.conv4 import Conv4, conv3x3
-from fsl_jax.models.image_conv import image_conv, image_conv_moments, image_conv_pays
+from fsl_jax.models.cpu.conv4 import CpuConv4, conv3x3
+from fsl_jax.models.cpu.image_conv import image_conv, image_conv_moments, image_conv_pays
 
 
 def test_image_conv_matches_xla_conv_to_second_order_under_vmap():
@@ -60,7 +60,7 @@ def test_winograd_model_matches_im2col_in_values_statistics_and_gradients():
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
   with jax.enable_x64():
     models = {
-      impl: Conv4(filters=8, num_blocks=2, conv_impl=impl) for impl in ("im2col", "winograd")
+      impl: CpuConv4(filters=8, num_blocks=2, conv_impl=impl) for impl in ("im2col", "winograd")
     }
     variables = models["im2col"].init(jax.random.PRNGKey(0), images, train=False)
     results = {
@@ -79,7 +79,7 @@ def test_winograd_model_never_writes_the_image_layers_output_in_the_forward_pass
   full_resolution = re.compile(r"= f32\[[\d,]*28,28,8\]")
 
   def forward_full_resolution_ops(impl):
-    model = Conv4(filters=8, num_blocks=2, conv_impl=impl)
+    model = CpuConv4(filters=8, num_blocks=2, conv_impl=impl)
     variables = model.init(jax.random.PRNGKey(0), images, train=False)
     step = _loss_and_grads(model, variables, images)
     hlo = step.lower(variables["params"]).compile().as_text()

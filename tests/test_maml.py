@@ -12,12 +12,12 @@ from jax.flatten_util import ravel_pytree
 
 from fsl_jax.algorithms import maml
 from fsl_jax.data.episodes import Episode
-from fsl_jax.models.conv4 import Conv4
+from fsl_jax.models.cpu.conv4 import CpuConv4
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_train_step
 
 N_WAY, K_SHOT, N_QUERY = 3, 2, 2
-MODEL = Conv4(filters=3, num_blocks=2, num_outputs=N_WAY, conv_impl="im2col")
+MODEL = CpuConv4(filters=3, num_blocks=2, num_outputs=N_WAY, conv_impl="im2col")
 
 
 def make_episode(seed: int) -> Episode:

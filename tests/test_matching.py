@@ -11,7 +11,7 @@ from configs import common
 from fsl_jax.algorithms import make_algorithm, matching
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import Episode, EpisodeSampler, EpisodeShape
-from fsl_jax.models.conv4 import Conv4
+from fsl_jax.models.cpu.conv4 import CpuConv4
 from fsl_jax.models.fce import MatchingEmbedding
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_eval_step, make_train_step
@@ -72,7 +72,7 @@ def tiny_episode(rng, n_way=3, k_shot=2, n_query=2, side=12, channels=1):
 
 
 def model_and_variables(episode, fce, filters=4):
-  model = MatchingEmbedding(Conv4(filters=filters, num_blocks=2), fce=fce, unrolling_steps=2)
+  model = MatchingEmbedding(CpuConv4(filters=filters, num_blocks=2), fce=fce, unrolling_steps=2)
   images = jnp.concatenate([episode.support, episode.query])
   return model, model.init(jax.random.PRNGKey(0), images, train=False)
 
@@ -159,7 +159,7 @@ def test_fce_shapes(n_way, k_shot, n_query):
 def test_fce_stacked_lstm_layers_read_both_directions():
   rng = np.random.default_rng(7)
   episode = tiny_episode(rng)
-  model = MatchingEmbedding(Conv4(filters=4, num_blocks=2), fce=True, lstm_layers=2)
+  model = MatchingEmbedding(CpuConv4(filters=4, num_blocks=2), fce=True, lstm_layers=2)
   images = jnp.concatenate([episode.support, episode.query])
   params = model.init(jax.random.PRNGKey(0), images, train=False)["params"]
   dim = 4 * 3 * 3

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
-from fsl_jax.models.conv4 import Conv4, conv3x3
-from fsl_jax.models.max_pool import max_pool_2x2
-from fsl_jax.models.winograd import winograd_pays
+from fsl_jax.models.cpu.conv4 import CpuConv4, conv3x3
+from fsl_jax.models.cpu.max_pool import max_pool_2x2
+from fsl_jax.models.cpu.winograd import winograd_pays
 
 
 @pytest.mark.parametrize("c_in", [1, 3, 8])
@@ -59,7 +59,7 @@ def test_reshape_max_pool_equals_flax_max_pool_including_odd_sides():
   "image_shape, filters, dim", [((28, 28, 1), 64, 64), ((84, 84, 3), 32, 32 * 5 * 5)]
 )
 def test_embedding_shapes(image_shape, filters, dim):
-  model = Conv4(filters=filters, pixel_mean=(0.5,) * image_shape[-1], pixel_std=(0.25,) * 3)
+  model = CpuConv4(filters=filters, pixel_mean=(0.5,) * image_shape[-1], pixel_std=(0.25,) * 3)
   images = jnp.zeros((4, *image_shape), jnp.uint8)
   variables = model.init(jax.random.PRNGKey(0), images, train=False)
   assert model.apply(variables, images, train=False).shape == (4, dim)
@@ -68,7 +68,7 @@ def test_embedding_shapes(image_shape, filters, dim):
 
 def test_whole_model_agrees_across_formulations_in_train_and_eval_mode():
   images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
-  models = {impl: Conv4(conv_impl=impl) for impl in ("xla", "im2col", "winograd")}
+  models = {impl: CpuConv4(conv_impl=impl) for impl in ("xla", "im2col", "winograd")}
   variables = models["xla"].init(jax.random.PRNGKey(0), images, train=False)
   for train in (True, False):
     outputs = {
@@ -80,7 +80,7 @@ def test_whole_model_agrees_across_formulations_in_train_and_eval_mode():
 
 
 def test_linear_head_gives_n_way_logits():
-  model = Conv4(num_outputs=5)
+  model = CpuConv4(num_outputs=5)
   images = jnp.zeros((3, 28, 28, 1), jnp.uint8)
   variables = model.init(jax.random.PRNGKey(0), images, train=False)
   assert model.apply(variables, images, train=False).shape == (3, 5)
@@ -90,7 +90,7 @@ def test_linear_head_gives_n_way_logits():
 def test_jit_grad_under_vmap_equals_eager_grad(impl):
   """Regression: with reshape+max pooling, XLA:CPU got layer-1 gradients wrong here."""
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 12, 8, 8, 1)), jnp.uint8)
-  model = Conv4(filters=4, num_blocks=2, conv_impl=impl)
+  model = CpuConv4(filters=4, num_blocks=2, conv_impl=impl)
   variables = model.init(jax.random.PRNGKey(0), images[0], train=False)
 
   def loss(params):
@@ -106,20 +106,19 @@ def test_jit_grad_under_vmap_equals_eager_grad(impl):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3), eager, jitted)
 
 
-def test_make_model_honours_every_config_model_field():
+@pytest.mark.parametrize("impl", ["xla", "im2col", "winograd"])
+def test_make_model_honours_every_config_model_field(impl):
   from configs import common
-  from fsl_jax.models import make_model
+  from fsl_jax.models import Conv4, make_model
 
   config = common.get_base_config().model
-  config.filters, config.conv_impl, config.num_blocks, config.downsample = 5, "xla", 2, "stride"
+  config.filters, config.conv_impl, config.num_blocks, config.downsample = 5, impl, 2, "stride"
   config.pixel_mean, config.pixel_std = (0.5,), (0.25,)
   model = make_model(config, num_outputs=3)
-  assert (model.filters, model.conv_impl, model.num_blocks, model.downsample) == (
-    5,
-    "xla",
-    2,
-    "stride",
-  )
+  # "xla" is the reference model; the CPU formulations are CpuConv4.
+  assert isinstance(model, Conv4 if impl == "xla" else CpuConv4)
+  assert getattr(model, "conv_impl", "xla") == impl
+  assert (model.filters, model.num_blocks, model.downsample) == (5, 2, "stride")
   assert (tuple(model.pixel_mean), tuple(model.pixel_std), model.num_outputs) == (
     (0.5,),
     (0.25,),
@@ -176,7 +175,7 @@ def test_backward_pass_reads_the_stored_argmax_instead_of_recomputing_it():
   would redo it (71 comparisons in matching_omniglot_5w1s's train step before the fix)."""
   images = jnp.zeros((41, 28, 28, 1), jnp.uint8)
   assert winograd_pays((41, 14, 14, 64), stride=1)  # Layer 2: 41 * 7 * 7 tiles.
-  model = Conv4(conv_impl="winograd")
+  model = CpuConv4(conv_impl="winograd")
   variables = model.init(jax.random.PRNGKey(0), images, train=True)
 
   def loss(params):
@@ -195,7 +194,9 @@ def test_backward_pass_reads_the_stored_argmax_instead_of_recomputing_it():
 @pytest.mark.parametrize("impl", ["im2col"])  # "xla" shares every cast; it costs 12 s more.
 def test_bfloat16_compute_keeps_float32_params_and_outputs_and_matches_float32(impl):
   images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)
-  models = {d: Conv4(filters=16, conv_impl=impl, compute_dtype=d) for d in ("float32", "bfloat16")}
+  models = {
+    d: CpuConv4(filters=16, conv_impl=impl, compute_dtype=d) for d in ("float32", "bfloat16")
+  }
   variables = models["float32"].init(jax.random.PRNGKey(0), images, train=False)
 
   def loss(params, dtype):
@@ -229,7 +230,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs_and_matches_float32(i
 
 def test_unknown_compute_dtype_is_an_error():
   with pytest.raises(ValueError, match="compute_dtype must be one of"):
-    Conv4(compute_dtype="float16").init(
+    CpuConv4(compute_dtype="float16").init(
       jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1), jnp.uint8), train=False
     )
 

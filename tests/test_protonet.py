@@ -8,7 +8,7 @@ from jax.flatten_util import ravel_pytree
 
 from fsl_jax.algorithms import distances, protonet
 from fsl_jax.data.episodes import Episode
-from fsl_jax.models.conv4 import Conv4
+from fsl_jax.models.cpu.conv4 import CpuConv4
 
 
 def numpy_protonet(support, support_labels, query, query_labels, n_way, distance, scale):
@@ -66,7 +66,7 @@ def tiny_episode(rng, n_way=3, k_shot=2, n_query=2, side=8):
 def test_episode_loss_gradient_matches_central_finite_differences():
   rng = np.random.default_rng(1)
   episode = tiny_episode(rng)
-  model = Conv4(filters=4, conv_impl="im2col", num_blocks=2)
+  model = CpuConv4(filters=4, conv_impl="im2col", num_blocks=2)
   with jax.enable_x64(True):
     variables = model.init(jax.random.PRNGKey(0), jnp.asarray(episode.support), train=False)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables["params"])
@@ -90,7 +90,7 @@ def test_episode_loss_gradient_matches_central_finite_differences():
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not():
   rng = np.random.default_rng(2)
   episode = tiny_episode(rng)
-  model = Conv4(filters=4, num_blocks=2)
+  model = CpuConv4(filters=4, num_blocks=2)
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(episode.support), train=False)
   args = (model, variables["params"], variables["batch_stats"], episode)
   _, (_, trained) = protonet.episode_loss(*args, n_way=3, train=True)

@@ -5,7 +5,7 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from fsl_jax.models.row_products import matmul, matmul_nt, matmul_tn
+from fsl_jax.models.cpu.row_products import matmul, matmul_nt, matmul_tn
 
 PLAIN = {
   matmul: lambda a, b: a @ b,

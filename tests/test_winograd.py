@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from conv_checks import assert_matches_xla_conv_to_second_order_under_vmap
 
-from fsl_jax.models import conv4, winograd
-from fsl_jax.models.conv4 import conv3x3, default_conv_impl
-from fsl_jax.models.winograd import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, winograd_conv
+from fsl_jax.models import default_conv_impl
+from fsl_jax.models.cpu import conv4, winograd
+from fsl_jax.models.cpu.conv4 import conv3x3
+from fsl_jax.models.cpu.winograd import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, winograd_conv
 
 
 def numpy_conv(x, k):

@@ -1,19 +1,40 @@
-"""Flax (Linen) models whose params and batch statistics are plain pytrees."""
+"""Flax (Linen) models whose params and batch statistics are plain pytrees.
+
+``conv4.Conv4`` is conv-4 as the papers describe it; ``cpu.conv4.CpuConv4``
+computes the same function, with the same parameter tree, in formulations that
+are faster on XLA:CPU. ``make_model`` picks one per backend.
+"""
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from fsl_jax.errors import ConfigError
-from fsl_jax.models.conv4 import COMPUTE_DTYPES, CONV_IMPLS, DOWNSAMPLES, Conv4, default_conv_impl
+from fsl_jax.models.conv4 import COMPUTE_DTYPES, DOWNSAMPLES, Conv4
+from fsl_jax.models.cpu.conv4 import CONV_IMPLS, CpuConv4
+
+
+def default_conv_impl(backend: str | None = None, per_task_weights: bool = False) -> str:
+  """The fastest formulation per backend, as measured by ``python -m fsl_jax.bench``.
+
+  "xla" (the reference ``Conv4``) off the CPU. On CPU, Winograd for shared weights
+  (ProtoNets, Matching Networks), and im2col for MAML's per-task weights under
+  ``vmap``, whose batched Winograd products are slower than im2col's single
+  batched product (docs in README, "Performance").
+  """
+  if (backend or jax.default_backend()) != "cpu":
+    return "xla"
+  return "im2col" if per_task_weights else "winograd"
 
 
 def make_model(
   model: ml_collections.ConfigDict, num_outputs: int | None = None, per_task_weights: bool = False
-) -> Conv4:
+) -> Conv4 | CpuConv4:
   """The backbone that config.model describes.
 
-  conv_impl "auto" picks the fastest formulation per backend and per use: pass
+  conv_impl "xla" is the reference ``Conv4``; "im2col" and "winograd" are
+  ``CpuConv4``; "auto" picks the fastest per backend and per use: pass
   ``per_task_weights=True`` when the params will be ``vmap``ped per task (MAML).
   """
   if model.name != "conv4":
@@ -25,9 +46,8 @@ def make_model(
   for key, allowed in (("downsample", DOWNSAMPLES), ("compute_dtype", COMPUTE_DTYPES)):
     if model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {model[key]!r}.")
-  return Conv4(
+  common = dict(
     filters=model.filters,
-    conv_impl=impl,
     pixel_mean=tuple(model.pixel_mean),
     pixel_std=tuple(model.pixel_std),
     num_outputs=num_outputs,
@@ -35,3 +55,6 @@ def make_model(
     downsample=model.downsample,
     compute_dtype=model.compute_dtype,
   )
+  if impl == "xla":
+    return Conv4(**common)
+  return CpuConv4(conv_impl=impl, **common)

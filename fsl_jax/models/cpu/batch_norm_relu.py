@@ -39,8 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.materialized import materialized
-from fsl_jax.models.max_pool import max_pool_2x2
+from fsl_jax.models.cpu.materialized import materialized
+from fsl_jax.models.cpu.max_pool import max_pool_2x2
 
 
 class BatchNormRelu(nn.Module):

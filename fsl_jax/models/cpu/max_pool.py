@@ -12,7 +12,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.materialized import materialized
+from fsl_jax.models.cpu.materialized import materialized
 
 
 def _window_corners(x: jax.Array) -> tuple[jax.Array, ...]:

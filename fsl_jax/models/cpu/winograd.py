@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.row_products import matmul, matmul_nt, matmul_tn
+from fsl_jax.models.cpu.row_products import matmul, matmul_nt, matmul_tn
 
 WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 # Below this many input channels (the image layer: 1 or 3) the 16 products are too
