@@ -1,7 +1,10 @@
 """The sinusoid teaching example: shapes, adaptation helps after short training, the plot."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
 from PIL import Image
 
 from fsl_jax.examples import sinusoid
@@ -47,9 +50,46 @@ def test_short_training_adapts_and_plots(tmp_path):
   image = Image.open(result["plot"])
   assert image.size == (3 * 560, 400)
   assert result["plot"] == str(tmp_path / "sinusoid.png")
+  assert result["meta_gradient"]["max_rel_diff"] < 1e-4  # At the trained params too.
 
 
 def test_zero_steps_is_the_initialisation():
   params, losses = sinusoid.train(sinusoid.pretrain_loss, jax.random.PRNGKey(3), 0)
   assert losses.shape == (0,)
   assert len(params) == 3
+
+
+def test_meta_gradient_three_ways_agree_and_reject_first_order_maml():
+  params = sinusoid.init_params(jax.random.PRNGKey(0))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+  rng = jax.random.PRNGKey(1)
+  result = sinusoid.meta_gradient_three_ways(params, rng, num_directions=3)
+  assert result["reverse"].shape == result["forward"].shape == result["linearize"].shape == (3,)
+  # Float32 rounding leaves differences of about 1e-7 relative. atol only matters along a
+  # direction where grad L . v happens to be near 0; typically it is |grad L| / sqrt(1761).
+  atol = 1e-6 * result["grad_norm"]
+  np.testing.assert_allclose(result["forward"], result["reverse"], rtol=1e-4, atol=atol)
+  np.testing.assert_allclose(result["linearize"], result["reverse"], rtol=1e-4, atol=atol)
+  assert result["max_rel_diff"] < 1e-4
+
+  # The same check rejects first-order MAML: the same loss, but stop_gradient on the
+  # inner gradients drops the -alpha H_s v term of the tangent through the inner step.
+  # Were jvp to miss the second-order path, "forward" would match this instead.
+  def first_order_loss(params, x_support, y_support, x_query, y_query):
+    def one_task(xs, ys, xq, yq):
+      grads = jax.lax.stop_gradient(jax.grad(sinusoid.mse)(params, xs, ys))
+      adapted = jax.tree.map(lambda p, g: p - sinusoid.INNER_LR * g, params, grads)
+      return sinusoid.mse(adapted, xq, yq)
+
+    return jnp.mean(jax.vmap(one_task)(x_support, y_support, x_query, y_query))
+
+  rng_batch, rng_directions = jax.random.split(rng)  # As in meta_gradient_three_ways.
+  batch = sinusoid.sample_meta_batch(rng_batch)
+  directions = sinusoid.random_directions(rng_directions, params, 3)
+  value, grads = jax.jit(jax.value_and_grad(first_order_loss))(params, *batch)
+  first_order_along_v = directions @ ravel_pytree(grads)[0]
+  np.testing.assert_allclose(value, result["loss"], rtol=1e-5)
+  with pytest.raises(AssertionError):
+    np.testing.assert_allclose(first_order_along_v, result["forward"], rtol=1e-4, atol=atol)
+  relative_error = np.abs(first_order_along_v - result["forward"]) / np.abs(result["forward"])
+  assert relative_error.max() > 1e-3  # Well outside the tolerance, not at its edge.
