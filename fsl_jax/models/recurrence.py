@@ -1,17 +1,25 @@
 """A ``lax.scan`` whose recurrent weight gradient is one matmul after the backward scan.
 
-An RNN step multiplies something of the carry by a weight, ``pre_t = z_t @ W``.
+An RNN step multiplies something of the carry by a weight, ``pre_t = z_t W``.
 Autodiff of ``lax.scan`` adds ``z_t^T dpre_t`` into a [D_in, D_out] accumulator at
 every step of the backward scan: for the 1600-d LSTMs of Matching Networks' FCE
-that is a 41-82 MB outer product written and added per step. Here the backward
-scan instead emits ``z_t`` and ``dpre_t``, and after it
+that is a 41-82 MB outer product written and added per step. ``weight_tied_scan``
+has a JVP rule that moves the weight's tangent out of the loop:
 
-    dW = sum_t z_t^T dpre_t = Z^T dP,   Z = [z_1; ..; z_T], dP = [dpre_1; ..; dpre_T]
+    dpre_t = dz_t W + z_t dW,    and   E = [z_1; ..; z_T] dW    (one product, before),
 
-is a single matmul. Everything else is JAX's own autodiff of the step: the
-backward scan runs ``jax.vjp`` of the cell, in which ``project`` replays the
-saved ``pre_t`` (so ``z_t @ W`` is not recomputed) and passes ``dz = dpre W^T``
-back. The backward pass is plain JAX, so it can be differentiated again.
+so the tangent scan reads ``E_t`` as an input. Its transpose, which JAX derives,
+then runs the backward scan with ``dE_t = dpre_t`` as an output, and after it
+
+    dW = sum_t z_t^T dpre_t = Z^T dE,
+
+a single matmul (``row_products.matmul_tn``). The tangent scan is JAX's own JVP of
+the step at the saved carries; in it ``project`` returns the saved ``pre_t``
+(``_replay``), so ``z_t W`` is not recomputed, and passes on the tangent
+``dz W + dpre``. Every piece is a JVP rule or plain JAX, so the scan composes
+with forward and reverse mode at any order, ``vmap``, ``jit`` and ``checkpoint``.
+The rule's primal is a plain ``lax.scan``: derivatives of the derivative (second
+order) differentiate it as JAX does, correct but with the per-step accumulator.
 """
 
 from __future__ import annotations
@@ -21,35 +29,54 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+
+from fsl_jax.models.cpu.row_products import matmul
 
 # cell(carry, x_t, consts, project) -> (carry', y_t), calling project(z) = z @ W once.
 Cell = Callable[[Any, Any, Any, Callable[[jax.Array], jax.Array]], tuple[Any, Any]]
 
 
-@jax.custom_vjp
-def _replay(z: jax.Array, pre: jax.Array, weight: jax.Array) -> jax.Array:
-  """``pre``, saved from ``z @ weight``; the VJP gives dz = g W^T, dpre = g, and no dW."""
-  del z, weight
+@jax.custom_jvp
+def _replay(z: jax.Array, z_saved: jax.Array, pre: jax.Array, weight: jax.Array) -> jax.Array:
+  """``pre`` saved from ``z_saved @ weight``, standing for ``z @ weight`` where z == z_saved.
+
+  The value and the JVP are those of ``pre + (z - z_saved) @ weight`` at
+  z == z_saved: ``dpre + (dz - dz_saved) @ weight``, so the product is not
+  recomputed, and the derivative is exact at every order (the saved z's tangent
+  cancels the part of ``dpre`` that came through it).
+  """
+  del z, z_saved, weight
   return pre
 
 
-def _replay_fwd(z, pre, weight):
-  del z
-  return pre, weight
+@_replay.defjvp
+def _replay_jvp(primals, tangents):
+  z, z_saved, pre, weight = primals
+  dz, dz_saved, dpre, _ = tangents  # (z - z_saved) dW vanishes at z == z_saved.
+  # (dz - dz_saved) W^T... as one dot contracting z's last axis with W's rows.
+  dz = jax.lax.dot_general(dz - dz_saved, weight, (((dz.ndim - 1,), (0,)), ((), ())))
+  return _replay(z, z_saved, pre, weight), dpre + dz
 
 
-def _replay_bwd(weight, g):
-  # g W^T as one dot contracting W's output axis: a written-out ``weight.T`` became
-  # a [D_out, D_in] copy of W inside the backward loop, at every step.
-  dz = jax.lax.dot_general(g, weight, (((g.ndim - 1,), (1,)), ((), ())))
-  return dz, g, None
+def _scan(cell: Cell, weight, consts, carry, xs, length: int, reverse: bool):
+  """``lax.scan`` of ``cell``, also returning every step's carry, z and z @ W."""
+
+  def step(carry, x):
+    saved = []
+
+    def project(z):
+      saved.append((z, z @ weight))
+      return saved[0][1]
+
+    new_carry, y = cell(carry, x, consts, project)
+    (z, pre) = saved[0]
+    return new_carry, (y, carry, z, pre)
+
+  final, (ys, carries, zs, pres) = jax.lax.scan(step, carry, xs, length=length, reverse=reverse)
+  return (final, ys), (carries, zs, pres)
 
 
-_replay.defvjp(_replay_fwd, _replay_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 5, 6))
 def weight_tied_scan(
   cell: Cell, weight: jax.Array, consts, carry, xs, length: int, reverse: bool = False
 ):
@@ -58,7 +85,7 @@ def weight_tied_scan(
   Args:
     cell: ``(carry, x_t, consts, project) -> (carry', y_t)``. ``project(z)`` is
       ``z @ weight`` and must be called exactly once per step; ``weight`` must not
-      be used otherwise (pass other arrays the step needs, and wants gradients
+      be used otherwise (pass other arrays the step needs, and wants derivatives
       for, in ``consts``).
     weight: [D_in, D_out].
     consts: a pytree of arrays the same at every step.
@@ -70,53 +97,26 @@ def weight_tied_scan(
   Returns:
     (final carry, ys stacked on a leading axis T), as ``lax.scan``.
   """
-  return _scan_fwd(cell, weight, consts, carry, xs, length, reverse)[0]
+  return _scan(cell, weight, consts, carry, xs, length, reverse)[0]
 
 
-def _scan_fwd(cell, weight, consts, carry, xs, length, reverse):
-  def step(carry, x):
-    pres = []
+@weight_tied_scan.defjvp
+def _weight_tied_scan_jvp(cell, length, reverse, primals, tangents):
+  weight, consts, carry, xs = primals
+  d_weight, d_consts, d_carry, d_xs = tangents
+  outputs, (carries, zs, pres) = _scan(cell, weight, consts, carry, xs, length, reverse)
+  # The weight's tangent for every step at once, E_t = z_t dW: [T, ..., D_out].
+  e = matmul(zs.reshape(-1, zs.shape[-1]), d_weight).reshape(pres.shape)
 
-    def project(z):
-      pres.append(z @ weight)
-      return pres[0]
+  def tangent_step(d_carry, inputs):
+    carry_t, x_t, z_t, pre_t, e_t, d_x_t = inputs
 
-    new_carry, y = cell(carry, x, consts, project)
-    return new_carry, (y, carry, pres[0])
+    def step(carry, x, consts, pre):
+      return cell(carry, x, consts, lambda z: _replay(z, z_t, pre, weight))
 
-  final, (ys, carries, pres) = jax.lax.scan(step, carry, xs, length=length, reverse=reverse)
-  return (final, ys), (weight, consts, xs, carries, pres)
+    primals_t, tangents_t = (carry_t, x_t, consts, pre_t), (d_carry, d_x_t, d_consts, e_t)
+    return jax.jvp(step, primals_t, tangents_t)[1]
 
-
-def _scan_bwd(cell, length, reverse, residuals, cotangents):
-  weight, consts, xs, carries, pres = residuals
-  d_final, d_ys = cotangents
-
-  def step(acc, inputs):
-    d_carry, d_consts = acc
-    carry, x, pre, d_y = inputs
-
-    def replayed(carry, x, consts, pre):
-      zs = []
-
-      def project(z):
-        zs.append(z)
-        return _replay(z, pre, weight)
-
-      return cell(carry, x, consts, project), zs[0]
-
-    _, vjp, z = jax.vjp(replayed, carry, x, consts, pre, has_aux=True)
-    d_carry, d_x, d_consts_t, d_pre = vjp((d_carry, d_y))
-    d_consts = jax.tree.map(jnp.add, d_consts, d_consts_t)
-    return (d_carry, d_consts), (d_x, z, d_pre)
-
-  zero_consts = jax.tree.map(jnp.zeros_like, consts)
-  (d_carry, d_consts), (d_xs, zs, d_pres) = jax.lax.scan(
-    step, (d_final, zero_consts), (carries, xs, pres, d_ys), length=length, reverse=not reverse
-  )
-  rows = list(range(zs.ndim - 1))  # Every step and every row of z at once.
-  d_weight = jax.lax.dot_general(zs, d_pres, ((rows, rows), ((), ())))
-  return d_weight, d_consts, d_carry, d_xs
-
-
-weight_tied_scan.defvjp(_scan_fwd, _scan_bwd)
+  inputs = (carries, xs, zs, pres, e, d_xs)
+  d_outputs = jax.lax.scan(tangent_step, d_carry, inputs, length=length, reverse=reverse)
+  return outputs, d_outputs

@@ -34,6 +34,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from fsl_jax.models.cpu.row_products import matmul_tn
 
 
 def image_conv_pays(x_shape: Sequence[int], stride: int) -> bool:
@@ -56,17 +59,6 @@ def _patches(x: jax.Array) -> jax.Array:
   return jnp.moveaxis(taps, -1, 1).reshape(9 * c, -1)
 
 
-def _patches_adjoint(dp: jax.Array, x_shape: Sequence[int]) -> jax.Array:
-  """The adjoint of ``_patches``: [9C, B*H*W] -> [B, H, W, C], each tap added back in place."""
-  b, h, w, c = x_shape
-  taps = jnp.moveaxis(dp.reshape(9, c, b, h, w), 1, -1)  # [9, B, H, W, C]
-  padded = jnp.zeros((b, h + 2, w + 2, c), dp.dtype)
-  for t in range(9):
-    dy, dx = divmod(t, 3)
-    padded = padded.at[:, dy : dy + h, dx : dx + w].add(taps[t])
-  return padded[:, 1 : 1 + h, 1 : 1 + w]
-
-
 def image_conv_moments(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(E[y], E[y^2]) per channel, [F] each, of y = conv3x3(x, kernel), from the patches' Gram matrix.
 
@@ -86,7 +78,7 @@ def image_conv_moments(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.
   return patches.mean(axis=1) @ k, jnp.sum(k * (gram @ k), axis=0)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def image_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """``conv3x3(x, kernel, stride=1)`` as nine multiply-adds per output, which XLA fuses
   into the consumer (conv-4's pool) instead of writing it out.
@@ -107,17 +99,21 @@ def image_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return y
 
 
-def _image_conv_fwd(x, kernel):
-  return image_conv(x, kernel), (x, kernel)
-
-
-def _image_conv_bwd(residuals, dy):
-  x, kernel = residuals
+@image_conv.defjvp
+def _image_conv_jvp(primals, tangents):
+  """dy = image_conv(dx, K) + P^T dK, the kernel's term a product on channel-major
+  patches P [9C, N] (``row_products.matmul_tn``), whose transpose is dK = P dY."""
+  (x, kernel), (dx, dkernel) = primals, tangents
   f = kernel.shape[-1]
-  dy = dy.reshape(-1, f)  # [N, F]
-  dk = _patches(x) @ dy  # P^T dY: [9C, N] x [N, F], a plain product on channel-major patches.
-  dp = jax.lax.dot_general(kernel.reshape(-1, f), dy, (((1,), (1,)), ((), ())))  # K dY^T [9C, N]
-  return _patches_adjoint(dp, x.shape), dk.reshape(kernel.shape)
+  terms = []
+  if not isinstance(dx, SymbolicZero):
+    terms.append(image_conv(dx, kernel))
+  if not isinstance(dkernel, SymbolicZero):
+    dk = matmul_tn(_patches(x), dkernel.reshape(-1, f))  # [N, F]
+    terms.append(dk.reshape(*x.shape[:3], f))
+  if not terms:
+    return image_conv(x, kernel), jnp.zeros((*x.shape[:3], f), jnp.result_type(x, kernel))
+  return image_conv(x, kernel), sum(terms[1:], terms[0])
 
 
-image_conv.defvjp(_image_conv_fwd, _image_conv_bwd)
+image_conv.defjvp(_image_conv_jvp, symbolic_zeros=True)

@@ -11,7 +11,15 @@ that (``lax.optimization_barrier`` does not prevent it on CPU):
   (``max_pool.max_pool_2x2(..., store_index=True)``).
 
 The output of a reduction is not fused into its consumers, so ``materialized(v)``
-is ``v`` written as the sum over an axis of ``[v, 0]``.
+is ``v`` written as a reduction:
+
+    materialized(v) = sum_k m_k * broadcast(v)_k,    m = [1, 0].
+
+It is plain JAX and linear, so every derivative of any order and direction is
+again such a reduction: its JVP is ``materialized(dv)``, and its transpose, which
+JAX derives, is ``ct -> broadcast -> * m -> sum over k`` (the transpose of a
+broadcast is a sum), the same form. The cotangent is therefore materialised too,
+with no hand-written rule.
 """
 
 from __future__ import annotations
@@ -20,18 +28,7 @@ import jax
 import jax.numpy as jnp
 
 
-@jax.custom_vjp
 def materialized(v: jax.Array) -> jax.Array:
-  """``v`` (any dtype), computed once; its cotangent passes through the same."""
-  return jnp.stack([v, jnp.zeros_like(v)]).sum(0, dtype=v.dtype)
-
-
-def _materialized_fwd(v):
-  return materialized(v), None
-
-
-def _materialized_bwd(_, g):
-  return (materialized(g),)
-
-
-materialized.defvjp(_materialized_fwd, _materialized_bwd)
+  """``v`` (any dtype), computed once; its tangents and cotangents likewise."""
+  mask = jnp.asarray([1, 0], v.dtype).reshape((2,) + (1,) * v.ndim)
+  return jnp.sum(jnp.broadcast_to(v, (2, *v.shape)) * mask, axis=0, dtype=v.dtype)
