@@ -27,9 +27,9 @@ Batch norm and ReLU are one module, ``BatchNormRelu``, with flax BatchNorm's
 variables. With max-pooling it pools the convolution's output before batch norm's
 affine map and the ReLU, which commute with the max once the sign of batch norm's
 scale is accounted for, so they run on a quarter of the pixels. The pool routes
-each window's gradient to its argmax through a custom VJP
-(``max_pool.max_pool_2x2``), far cheaper on CPU than ``reduce_window``'s
-select-and-scatter; with Winograd the argmax is stored, since Winograd's backward
+each window's derivative through its argmax by a JVP rule
+(``max_pool.max_pool_2x2``), whose transpose is far cheaper on CPU than
+``reduce_window``'s select-and-scatter; with Winograd the argmax is stored, since Winograd's backward
 pass reads the pooled gradient 16 times. Odd sides are floored as in PyTorch.
 
 Params and batch statistics are separate pytrees: ``variables = {"params": ...,

@@ -2,7 +2,7 @@
 
 The first convolution maps grayscale images x [B, H, W, 1] to F channels: its
 output y [B, H, W, F] is F times the size of x (16 MB for 80 Omniglot images at
-F = 64), and each pass over it costs about 2 ms on this project's 2-core CPU.
+F = 64), and every pass over it is memory traffic.
 Batch norm and the max-pool need only two things of y:
 
 * its per-channel moments, which the 3x3 patches give exactly. With P [N, 9C]
@@ -17,15 +17,13 @@ Batch norm and the max-pool need only two things of y:
   the pool (which stores only the pooled values and the int8 argmax), so y is
   never written.
 
-Its VJP takes the kernel gradient as one plain product, dK = P^T dY, on the
-patches laid out channel-major, [9C, N] (the [N, 9C] form would contract rows,
-which XLA:CPU runs in Eigen), and the input gradient as the adjoint of the
-patches applied to K dY^T (dead code in conv-4, whose input is the image).
-
-The image layer of matching_omniglot_5w1s (80 x 28 x 28 x 64), with batch norm and
-the pool, forward and backward: 4.85 ms against 6.0 ms for im2col with the stored
-argmax. With three channels (miniImageNet, 27 multiply-adds per output) it was
-slower, 202 ms against 162 ms at 80 x 84 x 84 x 64, hence ``image_conv_pays``.
+Its JVP rule writes the kernel's term as a product with the patches laid out
+channel-major, dY = P^T dK with P [9C, N], so that its transpose, the kernel
+gradient, is one plain product dK = P dY (the [N, 9C] form would contract rows,
+which XLA:CPU runs in Eigen). The input's term is ``image_conv`` of the tangent;
+conv-4 never differentiates with respect to its image, and the symbolic zero
+skips it. With three colour channels (27 multiply-adds per output) im2col is
+faster, hence ``image_conv_pays``.
 """
 
 from __future__ import annotations
