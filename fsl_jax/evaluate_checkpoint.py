@@ -39,8 +39,9 @@ from fsl_jax.steps import make_eval_step
 from fsl_jax.train import make_optimizer, write_json_atomically
 
 TASKS = ("episodes", "lake_runs")
-# Config sections that decide the parameters' shapes and meaning.
-MODEL_KEYS = ("algorithm", "model", "protonet", "maml")
+# Config sections that decide the parameters' shapes and meaning: these two, and the
+# section named by the algorithm (config.protonet, config.matching or config.maml).
+MODEL_KEYS = ("algorithm", "model")
 
 
 def setting_key(split: str, shape: EpisodeShape) -> str:
@@ -61,9 +62,8 @@ def check_same_model(config: ml_collections.ConfigDict, results: dict, workdir: 
       return all(k in new and same(v, new[k]) for k, v in old.items())
     return json.loads(json.dumps(old)) == json.loads(json.dumps(new))
 
-  differ = [
-    key for key in MODEL_KEYS if key in trained and not same(trained[key], current.get(key))
-  ]
+  keys = (*MODEL_KEYS, trained.get("algorithm"))
+  differ = [key for key in keys if key in trained and not same(trained[key], current.get(key))]
   if differ:
     raise ConfigError(
       f"{workdir} was trained with a different {', '.join(differ)} "

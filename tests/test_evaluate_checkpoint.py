@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 from fixtures_lake_runs import expected_error_percent, write_lake_runs
 
-from configs import maml_omniglot5w1s, proto_omniglot5w1s
+from configs import maml_omniglot5w1s, matching_omniglot5w1s, proto_omniglot5w1s
 from fsl_jax import evaluate_checkpoint as evaluate_checkpoint_module
 from fsl_jax import sharding
 from fsl_jax.algorithms import make_algorithm
@@ -116,6 +116,29 @@ def test_a_different_model_is_refused(trained_workdir):
   config.model.filters = 16
   with pytest.raises(ConfigError, match="different model"):
     evaluate_checkpoint(config, str(workdir))
+
+
+@pytest.mark.parametrize(
+  "key, value",
+  [("distance", "euclidean"), ("cosine_scale", 1.0), ("fce", True), ("unrolling_steps", 3)],
+)
+def test_matching_networks_trained_with_other_settings_are_refused(key, value):
+  trained = matching_omniglot5w1s.get_config("quick")
+  results = {"config": trained.to_dict()}
+  config = matching_omniglot5w1s.get_config("quick")
+  evaluate_checkpoint_module.check_same_model(config, results, "workdir")  # The same: accepted.
+  assert config.matching[key] != value
+  config.matching[key] = value
+  with pytest.raises(ConfigError, match=f"different matching.*{key}"):
+    evaluate_checkpoint_module.check_same_model(config, results, "workdir")
+
+
+def test_protonet_trained_with_another_distance_is_refused():
+  trained = proto_omniglot5w1s.get_config("quick")
+  config = proto_omniglot5w1s.get_config("quick")
+  config.protonet.distance = "cosine"
+  with pytest.raises(ConfigError, match="different protonet"):
+    evaluate_checkpoint_module.check_same_model(config, {"config": trained.to_dict()}, "workdir")
 
 
 def test_lake_runs_need_a_twenty_way_maml_and_a_path(tmp_path):
