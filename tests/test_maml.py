@@ -241,6 +241,60 @@ def test_anil_adapts_only_the_head():
     assert moved == (name == "head"), name
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_meta_gradient_equals_adapting_everything_at_zero_body_rate(first_order):
+  """ANIL's head-only inner loop gives the meta-gradient of the full inner loop whose
+  body rates are 0, to float rounding, at both orders and with the multi-step loss."""
+  episode = make_episode(11)
+  with jax.enable_x64():
+    params, stats = init(jnp.float64)
+    settings = maml.MamlSettings(
+      inner_lr=0.3, inner_steps=2, anil=True, first_order=first_order, multi_step_loss=True
+    )
+
+    def full_inner_loop(meta_params):  # Every parameter adapted, the body at rate 0.
+      support_loss = lambda p: maml.cross_entropy(
+        logits(p, stats, episode.support), episode.support_labels
+      )
+      query_loss = lambda p: maml.cross_entropy(
+        logits(p, stats, episode.query), episode.query_labels
+      )
+      rates = maml.inner_learning_rates(meta_params, settings)
+      _, losses = maml.inner_adapt(
+        support_loss, meta_params["model"], rates, 2, first_order, per_step_fn=query_loss
+      )
+      return jnp.sum(maml.multi_step_weights(2, 3, settings.msl_anneal_steps) * losses)
+
+    anil = lambda meta_params: maml.episode_loss(
+      MODEL, meta_params, stats, episode, settings=settings, train=True, step=3
+    )[0]
+    meta = {"model": params}
+    np.testing.assert_allclose(anil(meta), full_inner_loop(meta), rtol=1e-12)
+    want, got = jax.grad(full_inner_loop)(meta), jax.grad(anil)(meta)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+      np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-14)
+    assert float(jnp.abs(got["model"]["Conv3x3_0"]["kernel"]).max()) > 0  # The body learns.
+
+
+def test_anil_takes_no_inner_gradient_of_the_body():
+  """The inner loop differentiates the support loss with respect to the head alone."""
+  episode = make_episode(12)
+  params, stats = init()
+  settings = maml.MamlSettings(inner_lr=0.3, inner_steps=1, anil=True)
+  loss = lambda meta: maml.episode_loss(MODEL, meta, stats, episode, settings=settings, train=True)[
+    0
+  ]
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))({"model": params}))
+  # Adapting everything would transpose both convolutions' products in the inner
+  # gradient and again in the meta-gradient; head-only adaptation transposes fewer.
+  everything = dataclasses.replace(settings, anil=False)
+  loss_all = lambda meta: maml.episode_loss(
+    MODEL, meta, stats, episode, settings=everything, train=True
+  )[0]
+  count = lambda text: text.count("row_product")
+  assert count(jaxpr) < count(str(jax.make_jaxpr(jax.grad(loss_all))({"model": params})))
+
+
 def test_multi_step_loss_weights_anneal_to_the_last_step():
   np.testing.assert_allclose(maml.multi_step_weights(4, 0, 100), [0.25] * 4)
   np.testing.assert_allclose(maml.multi_step_weights(4, 50, 100), [0.125] * 3 + [0.625])

@@ -191,16 +191,21 @@ def episode_loss(
 
   num_steps = settings.inner_steps if train else settings.test_inner_steps
   use_msl = train and settings.multi_step_loss and num_steps > 0
+  theta, rates = meta_params["model"], inner_learning_rates(meta_params, settings)
+  # ANIL adapts the head alone: the inner loop's params are the head, with the body
+  # fixed inside the losses, so no inner gradient is taken (or differentiated) for it.
+  adapts = (lambda head: {**theta, "head": head}) if settings.anil else (lambda p: p)
   adapted, per_step_losses = inner_adapt(
-    support_loss,
-    meta_params["model"],
-    inner_learning_rates(meta_params, settings),
+    lambda p: support_loss(adapts(p)),
+    theta["head"] if settings.anil else theta,
+    rates["head"] if settings.anil else rates,
     num_steps,
     first_order=settings.first_order or not train,
     remat=settings.remat,
     unroll=settings.unroll and not settings.remat,
-    per_step_fn=query_loss if use_msl else None,
+    per_step_fn=(lambda p: query_loss(adapts(p))) if use_msl else None,
   )
+  adapted = adapts(adapted)
   query_logits = logits(adapted, episode.query)  # [N*Q, N]
   final_loss = cross_entropy(query_logits, episode.query_labels)
   if use_msl:
