@@ -124,6 +124,7 @@ _PROFILE_TOP = flags.DEFINE_integer(
   "profile_top", 0, "Also trace 3 steps and report the N slowest XLA operations (top_ops)."
 )
 _REMAT = flags.DEFINE_bool("remat", False, "MAML: jax.checkpoint each inner step.")
+_ANIL = flags.DEFINE_bool("anil", False, "MAML: adapt only the head in the inner loop (ANIL).")
 _INNER_STEPS = flags.DEFINE_integer(
   "inner_steps", None, "MAML: override the workload's number of inner steps (memory studies)."
 )
@@ -136,6 +137,7 @@ def workload_config(
   remat: bool = False,
   dtype: str = "float32",
   cpu_matmuls: str | None = None,
+  anil: bool = False,
 ) -> ml_collections.ConfigDict:
   """The library config that trains ``workload``."""
   config = common.get_base_config()
@@ -167,6 +169,7 @@ def workload_config(
     )
     config.maml.first_order = first_order
     config.maml.remat = remat
+    config.maml.anil = anil
   return config
 
 
@@ -256,11 +259,14 @@ def run(
   dtype: str = "float32",
   profile_top: int = 0,
   cpu_matmuls: str | None = None,
+  anil: bool = False,
 ) -> dict:
   if workload.algorithm == "sampler":
     timing = time_sampler(workload, repeats)
   else:
-    config = workload_config(workload, bool(first_order), conv_impl, remat, dtype, cpu_matmuls)
+    config = workload_config(
+      workload, bool(first_order), conv_impl, remat, dtype, cpu_matmuls, anil
+    )
     timing = time_train_step(workload, config, repeats, profile_top)
   return {
     "workload": workload.name,
@@ -274,7 +280,9 @@ def run(
     "episodes_per_second": workload.meta_batch_size / timing["step_seconds_median"],
     "peak_rss_mb": peak_rss_mb(),
     **(
-      {"remat": remat, "inner_steps": workload.inner_steps} if workload.algorithm == "maml" else {}
+      {"remat": remat, "anil": anil, "inner_steps": workload.inner_steps}
+      if workload.algorithm == "maml"
+      else {}
     ),
   }
 
@@ -298,6 +306,7 @@ def main(argv):
         dtype=_DTYPE.value,
         profile_top=_PROFILE_TOP.value,
         cpu_matmuls=_CPU_MATMULS.value,
+        anil=_ANIL.value,
       )
       print(json.dumps(result), flush=True)
 
