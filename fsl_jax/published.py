@@ -8,6 +8,10 @@ rotations), miniImageNet on Ravi & Larochelle's split, both 5-way and 20-way
 
 from __future__ import annotations
 
+import dataclasses
+
+from fsl_jax.data import omniglot_splits
+
 # (dataset, algorithm) -> {(n_way, k_shot): accuracy in %}.
 ACCURACY = {
   ("omniglot", "protonet"): {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
@@ -21,28 +25,81 @@ ACCURACY = {
 }
 
 SOURCES = {
-  "protonet": "Snell, Swersky & Zemel (2017), Prototypical Networks for Few-shot Learning, "
-  "Tables 1 and 2",
-  "matching": "Vinyals et al. (2016), Matching Networks for One Shot Learning, Tables 1 and 2 "
-  "(miniImageNet with full context embeddings)",
-  "maml": "Finn, Abbeel & Levine (2017), Model-Agnostic Meta-Learning, Table 1 and 2",
-  "maml_first_order": "Finn, Abbeel & Levine (2017), Model-Agnostic Meta-Learning, Table 1 "
-  "and 2 (first-order approximation)",
+  ("omniglot", "protonet"): "Snell, Swersky & Zemel (2017), Prototypical Networks for Few-shot "
+  "Learning, Table 1",
+  ("mini_imagenet", "protonet"): "Snell, Swersky & Zemel (2017), Prototypical Networks for "
+  "Few-shot Learning, Table 2",
+  ("omniglot", "matching"): "Vinyals et al. (2016), Matching Networks for One Shot Learning, "
+  "Table 1",
+  ("mini_imagenet", "matching"): "Ravi & Larochelle (2017), Optimization as a Model for Few-Shot "
+  "Learning, Table 1: Matching Networks with full context embeddings re-run on the 64/16/20 "
+  "split used here (Vinyals et al.'s own Table 2 gives 44.2 / 57.0 on a different split)",
+  ("omniglot", "maml"): "Finn, Abbeel & Levine (2017), Model-Agnostic Meta-Learning, Table 1",
+  ("mini_imagenet", "maml"): "Finn, Abbeel & Levine (2017), Model-Agnostic Meta-Learning, Table 1",
+  ("omniglot", "maml_first_order"): "Nichol, Achiam & Schulman (2018), On First-Order "
+  "Meta-Learning Algorithms, Omniglot table: first-order MAML with transduction (batch norm "
+  "on the whole query set at test time, as fsl_jax's MAML); Finn et al. report first order on "
+  "miniImageNet only",
+  ("mini_imagenet", "maml_first_order"): "Finn, Abbeel & Levine (2017), Model-Agnostic "
+  "Meta-Learning, Table 1 (first-order approximation)",
 }
 
-# Lake et al.'s 20 within-alphabet 20-way 1-shot runs: error in %, by background set.
-# Lake, Salakhutdinov & Tenenbaum (2019), "The Omniglot challenge: a 3-year progress
-# report", Table 1: Prototypical Networks trained on the original 30-alphabet
-# background set, and on the two minimal 5-alphabet background sets. These two
-# figures were written down from the paper without access to it here: check them
-# against Table 1 before quoting them.
-LAKE_RUNS_ERROR = {
-  "protonet": {"original": 13.7, "minimal": 30.1},
-}
-LAKE_RUNS_SOURCE = (
+
+@dataclasses.dataclass(frozen=True)
+class LakeFigure:
+  """One published error rate (%) on Lake's 20 within-alphabet 20-way 1-shot runs."""
+
+  error: float
+  # Whether the figure was checked against a source that could be read; a figure
+  # that was not is printed with that caveat, never as plainly published.
+  confirmed: bool
+  source: str
+
+
+_LAKE_2015 = (
+  "Lake, Salakhutdinov & Tenenbaum (2015), Human-level concept learning through "
+  "probabilistic program induction, restated in Lake et al. (2019) Table 1"
+)
+_LAKE_2019 = (
   "Lake, Salakhutdinov & Tenenbaum (2019), The Omniglot challenge: a 3-year progress "
   "report, Table 1"
 )
+# Background set ("original": the 30-alphabet images_background; "minimal": one of
+# the two 5-alphabet small sets) -> figure, per model. Humans and BPL are the
+# reference points of the task, printed with every Lake-runs table.
+LAKE_RUNS_ERROR = {
+  "human": {"original": LakeFigure(4.5, True, _LAKE_2015)},
+  "bpl": {
+    "original": LakeFigure(3.3, True, _LAKE_2015),
+    "minimal": LakeFigure(4.2, False, _LAKE_2019),
+  },
+  "protonet": {
+    "original": LakeFigure(13.7, False, _LAKE_2019),
+    "minimal": LakeFigure(30.1, False, _LAKE_2019),
+  },
+}
+LAKE_RUNS_LABELS = {"human": "Humans", "bpl": "Bayesian Program Learning"}
+LAKE_RUNS_SOURCE = _LAKE_2019
+
+
+def lake_background(split: str) -> str | None:
+  """The published setting a run on ``split`` compares with: "original" (the lake
+  split's 30-alphabet background set), "minimal" (one 5-alphabet set, small1 or
+  small2), or None (small and small_all train on neither; vinyals adds background
+  characters of the evaluation set)."""
+  if split == "lake":
+    return "original"
+  if split in omniglot_splits.MINIMAL_SPLITS:
+    return "minimal"
+  return None
+
+
+def lake_figure_text(figure: LakeFigure | None, background: str | None) -> str:
+  """ "13.7 (original background)", with "not confirmed" where it was not checked."""
+  if figure is None:
+    return "-"
+  caveat = "" if figure.confirmed else "; not confirmed against the paper"
+  return f"{figure.error:g} ({background} background{caveat})"
 
 
 def algorithm_label(config: dict) -> str:

@@ -102,6 +102,22 @@ def test_small_rules_on_the_real_small_zips(small_characters):
   assert len({(a, c) for cs in small_characters.values() for a, c in cs}) == 242
 
 
+def test_minimal_splits_are_exactly_one_small_background_set(small_characters):
+  """small1 and small2 are Lake et al.'s minimal setting: all of one zip, nothing else."""
+  everything = small_characters["small1"] | small_characters["small2"]
+  for name, size in (("small1", 136), ("small2", 156)):
+    rule = omniglot_splits.get_split(name)
+    assert rule.parts == ("train",) and rule.builder_config == "small"
+    assert name in omniglot_splits.MINIMAL_SPLITS
+    # Greek and Latin are read from small1's zip, so the rule must go by alphabet.
+    chosen = {(a, c) for a, c in everything if rule.part_of(a, c, "small1") == "train"}
+    assert chosen == {(a, c) for a, c in everything if rule.part_of(a, c, "small2") == "train"}
+    assert chosen == small_characters[name] and len(chosen) == size
+    assert len({a for a, _ in chosen}) == 5
+  assert "small_all" not in omniglot_splits.MINIMAL_SPLITS
+  assert "small" not in omniglot_splits.MINIMAL_SPLITS
+
+
 def test_get_split():
   assert omniglot_splits.get_split("vinyals").builder_config == "full"
   assert omniglot_splits.get_split("small").part_of is omniglot_splits.small_part

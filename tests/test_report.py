@@ -65,9 +65,20 @@ def report_dirs(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
   fomaml = maml_omniglot5w1s.get_config("quick")
   fomaml.maml.first_order = True
   fomaml_results = {"test": episode_result(0.85, 0.005, 20, 1), "train_seconds": 60.0}
+  minimal = proto_omniglot5w1s.get_config("quick")
+  minimal.data.split = "small1"  # Lake et al.'s minimal setting: one 5-alphabet set.
+  minimal_results = {
+    "lake_runs": {
+      "error_percent": 25.0,
+      "ci95_percent": 4.0,
+      "per_run_error_percent": [20.0, 30.0] * 10,
+    },
+    "checkpoint_step": 900,
+  }
   dirs = [
     write_workdir(root / "proto", proto, proto_results, checkpoint=True),
     write_workdir(root / "fomaml", fomaml, fomaml_results, curves=False),
+    write_workdir(root / "minimal", minimal, minimal_results, curves=False),
   ]
   out = root / "out"
   return report.write_report(dirs, out=str(out)), out
@@ -85,9 +96,25 @@ def test_results_md_has_one_table_per_dataset_and_algorithm(report_dirs):
   assert "| 20-way 1-shot | 96.00 | 87.44 +- 0.26 | 1000 | test_20way_1shot | proto |" in text
   assert "| 20-way 1-shot | 89.40 | 85.00 +- 0.50 | 1000 | test | fomaml |" in text
   assert "| 5-way 1-shot | - " not in text and "97.00" not in text  # Validation is not a row.
-  assert "Snell, Swersky & Zemel (2017)" in text
-  lake = "| proto | protonet | 7.50 +- 2.50 | 30.1 (minimal background) | 0 5 10 15 0"
-  assert lake in text
+  assert (
+    "Snell, Swersky & Zemel (2017), Prototypical Networks for Few-shot Learning, Table 1" in text
+  )
+  # First-order MAML on Omniglot is Nichol et al.'s figure, not Finn et al.'s.
+  assert "Nichol, Achiam & Schulman (2018)" in text and "with transduction" in text
+
+
+def test_lake_runs_compare_only_a_minimal_background_set_with_the_minimal_figures(report_dirs):
+  text = (report_dirs[1] / "results.md").read_text()
+  # The small split trains on 4 alphabets of small1: no published setting matches it.
+  assert "| proto | protonet | 7.50 +- 2.50 | - | small | 0 5 10 15 0" in text
+  minimal = (
+    "| minimal | protonet | 25.00 +- 4.00 | 30.1 (minimal background; not confirmed "
+    "against the paper) | small1 | 20 30 20"
+  )
+  assert minimal in text
+  assert "- Humans: 4.5 (original background), Lake, Salakhutdinov & Tenenbaum (2015)" in text
+  assert "- Bayesian Program Learning: 3.3 (original background)" in text
+  assert "- Bayesian Program Learning: 4.2 (minimal background; not confirmed" in text
 
 
 def test_learning_curves_png_draws_each_series(report_dirs):
