@@ -198,7 +198,10 @@ def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.Co
 
   5-way: meta-batch 32, 1 inner step, inner lr 0.4. 20-way: meta-batch 16, 5
   inner steps, inner lr 0.1. k_shot queries per class in training (as Finn et
-  al.); 3 inner steps and 15 queries per class at test, 1000 test episodes.
+  al.); 3 inner steps and 15 queries per class at test, 1000 test episodes. The
+  model is Finn et al.'s Omniglot conv-4: stride-2 convolutions and a spatial
+  mean instead of max-pooling (``--config.model.downsample=max_pool`` for the
+  reference PyTorch code's model).
   """
   words = parse_arg(arg)
   config = get_base_config()
@@ -210,6 +213,7 @@ def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.Co
     test_inner_steps=3,
     meta_batch_size=32 if five_way else 16,
   )
+  config.model.downsample = "stride"
   config.train.n_way, config.train.k_shot, config.train.n_query = n_way, k_shot, k_shot
   config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
   config.eval.test_episodes = 1000

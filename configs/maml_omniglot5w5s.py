@@ -3,8 +3,8 @@
 Meta-batch 32, 1 inner step(s) with inner lr 0.4, Adam meta lr 1e-3; 5 query per class
 in training (as Finn et al.); 3 inner steps and 15 queries per class at test,
 1000 test episodes with 95% CI. Second order by default; first order with
---config.maml.first_order=True. Finn's strided conv-4 with
---config.model.downsample=stride (default: max-pool, as the reference PyTorch code).
+--config.maml.first_order=True. Finn et al.'s strided conv-4 (stride-2 convs, spatial
+mean); the reference PyTorch code's max-pool model with --config.model.downsample=max_pool.
 
 Run:
   python -m fsl_jax.main --config=configs/maml_omniglot5w5s.py --workdir=runs/maml_omniglot5w5s

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from configs import maml_omniglot5w1s, maml_omniglot20w1s
 from fsl_jax import bench
 from fsl_jax.data.episodes import EpisodeShape
 
@@ -98,3 +99,27 @@ def test_the_command_prints_one_json_line_per_workload():
   lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   assert [line["workload"] for line in lines] == ["sampler_omniglot"]
   assert lines[0]["episodes_per_second"] > 0
+
+
+@pytest.mark.parametrize(
+  "workload, config",
+  [
+    ("maml_omniglot_5w1s", maml_omniglot5w1s),
+    ("maml_omniglot_20w1s", maml_omniglot20w1s),
+    ("maml_omniglot_5w1s_maxpool", maml_omniglot5w1s),
+    ("maml_omniglot_20w1s_maxpool", maml_omniglot20w1s),
+  ],
+)
+def test_maml_omniglot_workloads_time_the_model_the_configs_train(workload, config):
+  """The default workloads are the configs' model; the _maxpool ones its documented variant."""
+  trained = config.get_config()
+  timed = bench.workload_config(bench.WORKLOADS[workload], first_order=False, conv_impl="auto")
+  if workload.endswith("_maxpool"):
+    trained.model.downsample = "max_pool"
+  for key in ("downsample", "filters", "num_blocks"):
+    assert timed.model[key] == trained.model[key], key
+  for key in ("inner_lr", "inner_steps"):
+    assert timed.maml[key] == trained.maml[key], key
+  assert timed.train.meta_batch_size == trained.train.meta_batch_size
+  assert timed.cpu_matmuls == trained.cpu_matmuls
+  assert (timed.train.n_way, timed.train.k_shot) == (trained.train.n_way, trained.train.k_shot)
