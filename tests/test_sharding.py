@@ -161,8 +161,10 @@ def runs(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
   first.append(start_worker(base, "eight", 8, data, fresh(eight)))
   for started in first:
     finish(started)
-  # Two processes with 2 devices each, through the launcher; meanwhile each step-10
-  # checkpoint continues on the other device count.
+  # Two processes with 2 devices each, through the launcher, on an empty data_dir that
+  # process 0 prepares while process 1 waits; meanwhile each step-10 checkpoint
+  # continues on the other device count.
+  empty_data = {**data, "data_dir": str(base / "empty_tfds")}
   launcher = [
     "bash",
     str(ROOT / "launch" / "local_multiprocess.sh"),
@@ -171,7 +173,7 @@ def runs(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
     f"--port={free_port()}",
     f"--log_dir={base / 'logs'}",
     "--",
-    *sharded_runs.cli_flags("protonet", **data),
+    *sharded_runs.cli_flags("protonet", **empty_data),
     f"--workdir={two}",
   ]
   second = [start(base, "two", launcher, {**subprocess_env(), "PYTHON": sys.executable})]

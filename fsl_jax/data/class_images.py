@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from fsl_jax.data import memory, mini_imagenet, omniglot, omniglot_splits
+from fsl_jax.data import build_once, memory, mini_imagenet, omniglot, omniglot_splits
 from fsl_jax.errors import ConfigError, DataError
 
 MANUAL_DIR_ENV = "FSL_JAX_MANUAL_DIR"
@@ -63,31 +63,36 @@ def prepare_omniglot(
   data_dir: str | None,
   manual_dir: str | None,
 ) -> omniglot.OmniglotFewShot:
-  """Builds (once) and returns the Omniglot tfds builder for one config.
+  """Builds (once, on process 0 of a multi-process run) and returns the Omniglot tfds
+  builder for one config.
 
   A prepared dataset is reused only for the inputs it was built from: its
   recorded sha256s must equal the config's, and any zip now in ``manual_dir``
   must hash to the recorded value.
   """
-  builder = omniglot.OmniglotFewShot(
-    config=builder_config, data_dir=data_dir, file_format="array_record"
+  download = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  built = []  # Whether this process built it: then the inputs were just verified.
+  builder = build_once.prepared(
+    lambda: omniglot.OmniglotFewShot(
+      config=builder_config, data_dir=data_dir, file_format="array_record"
+    ),
+    lambda builder: built.append(builder.download_and_prepare(download_config=download)),
   )
-  zips = builder.builder_config.zips
-  if builder.is_prepared():
-    recorded = dict(builder.info.metadata.get("zip_sha256", {}))
-    expected = {z.filename: z.sha256 for z in zips}
-    if recorded != expected:
-      raise DataError(
-        f"the prepared dataset in {builder.data_dir} was built from {recorded}, not from "
-        f"{expected}. Delete that folder or choose another --config.data.data_dir."
-      )
-    if manual_dir is not None:
-      for z in zips:
-        path = os.path.join(manual_dir, z.filename)
-        if os.path.exists(path):
-          omniglot.verify_zip(path, z)
+  if built:
     return builder
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  zips = builder.builder_config.zips
+  recorded = dict(builder.info.metadata.get("zip_sha256", {}))
+  expected = {z.filename: z.sha256 for z in zips}
+  if recorded != expected:
+    raise DataError(
+      f"the prepared dataset in {builder.data_dir} was built from {recorded}, not from "
+      f"{expected}. Delete that folder or choose another --config.data.data_dir."
+    )
+  if manual_dir is not None:
+    for z in zips:
+      path = os.path.join(manual_dir, z.filename)
+      if os.path.exists(path):
+        omniglot.verify_zip(path, z)
   return builder
 
 
@@ -212,22 +217,30 @@ def prepare_mini_imagenet(
     raise ConfigError(
       f"config.data.split must be one of {MINI_IMAGENET_SPLITS} for miniImageNet, got {split!r}."
     )
-  builder = mini_imagenet.MiniImagenetFewShot(
-    config=split, data_dir=data_dir, file_format="array_record"
+
+  def build(builder: mini_imagenet.MiniImagenetFewShot) -> None:
+    mini_imagenet.detect_layout(manual_dir)  # Fails before tfds creates any folder.
+    download = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    built.append(builder.download_and_prepare(download_config=download))
+
+  built = []
+  builder = build_once.prepared(
+    lambda: mini_imagenet.MiniImagenetFewShot(
+      config=split, data_dir=data_dir, file_format="array_record"
+    ),
+    build,
   )
-  if builder.is_prepared():
-    recorded = dict(builder.info.metadata.get("source_sizes", {}))
-    for name, size in recorded.items():
-      path = os.path.join(manual_dir, name) if manual_dir else None
-      if path and os.path.isfile(path) and os.path.getsize(path) != size:
-        raise DataError(
-          f"the prepared dataset in {builder.data_dir} was built from a {name} of {size} "
-          f"bytes, but {path} has {os.path.getsize(path)}. Delete that folder or choose "
-          "another --config.data.data_dir."
-        )
+  if built:
     return builder
-  mini_imagenet.detect_layout(manual_dir)  # Fails before tfds creates any folder.
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  recorded = dict(builder.info.metadata.get("source_sizes", {}))
+  for name, size in recorded.items():
+    path = os.path.join(manual_dir, name) if manual_dir else None
+    if path and os.path.isfile(path) and os.path.getsize(path) != size:
+      raise DataError(
+        f"the prepared dataset in {builder.data_dir} was built from a {name} of {size} "
+        f"bytes, but {path} has {os.path.getsize(path)}. Delete that folder or choose "
+        "another --config.data.data_dir."
+      )
   return builder
 
 
