@@ -29,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from fsl_jax.models.cpu.row_products import matmul
 
@@ -49,13 +51,19 @@ def _replay(z: jax.Array, z_saved: jax.Array, pre: jax.Array, weight: jax.Array)
   return pre
 
 
-@_replay.defjvp
 def _replay_jvp(primals, tangents):
   z, z_saved, pre, weight = primals
   dz, dz_saved, dpre, _ = tangents  # (z - z_saved) dW vanishes at z == z_saved.
-  # (dz - dz_saved) W^T... as one dot contracting z's last axis with W's rows.
-  dz = jax.lax.dot_general(dz - dz_saved, weight, (((dz.ndim - 1,), (0,)), ((), ())))
-  return _replay(z, z_saved, pre, weight), dpre + dz
+  terms = [t for t in (dpre,) if not isinstance(t, SymbolicZero)]
+  for sign, t in ((1, dz), (-1, dz_saved)):
+    if not isinstance(t, SymbolicZero):
+      # t W as one dot contracting z's last axis with W's rows.
+      terms.append(sign * jax.lax.dot_general(t, weight, (((t.ndim - 1,), (0,)), ((), ()))))
+  out = _replay(z, z_saved, pre, weight)
+  return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+_replay.defjvp(_replay_jvp, symbolic_zeros=True)
 
 
 def _scan(cell: Cell, weight, consts, carry, xs, length: int, reverse: bool):

@@ -11,15 +11,12 @@ that (``lax.optimization_barrier`` does not prevent it on CPU):
   (``max_pool.max_pool_2x2(..., store_index=True)``).
 
 The output of a reduction is not fused into its consumers, so ``materialized(v)``
-is ``v`` written as a reduction:
-
-    materialized(v) = sum_k m_k * broadcast(v)_k,    m = [1, 0].
-
-It is plain JAX and linear, so every derivative of any order and direction is
-again such a reduction: its JVP is ``materialized(dv)``, and its transpose, which
-JAX derives, is ``ct -> broadcast -> * m -> sum over k`` (the transpose of a
-broadcast is a sum), the same form. The cotangent is therefore materialised too,
-with no hand-written rule.
+is ``v`` written as the sum over an axis of ``[v, 0]``. It is the identity, a
+linear map that is its own transpose, and it is declared so (``linear_map``):
+its tangents and cotangents, of every order, are ``materialized`` too. (JAX's own
+transpose of that sum would be a broadcast and a slice, which XLA removes; a
+tangent written as another reduction, ``sum_k m_k broadcast(dv)_k``, had XLA
+move its broadcast into the producer's reduction and compute that twice.)
 """
 
 from __future__ import annotations
@@ -27,8 +24,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.models.cpu.linear_map import linear_map
+
+
+def _sum_with_zeros(v: jax.Array) -> jax.Array:
+  return jnp.stack([v, jnp.zeros_like(v)]).sum(0, dtype=v.dtype)
+
 
 def materialized(v: jax.Array) -> jax.Array:
   """``v`` (any dtype), computed once; its tangents and cotangents likewise."""
-  mask = jnp.asarray([1, 0], v.dtype).reshape((2,) + (1,) * v.ndim)
-  return jnp.sum(jnp.broadcast_to(v, (2, *v.shape)) * mask, axis=0, dtype=v.dtype)
+  return linear_map(_sum_with_zeros, lambda ct: (_sum_with_zeros(ct),), v)
