@@ -220,6 +220,11 @@ def predict_test_episode(workdir: str, results: dict):
 
   config = run_config(results)
   data = load_dataset(config.data)
+  if not {"test", "val"} & set(data):
+    raise FslError(
+      f"{workdir} trained on split {config.data.split!r}, which has no val or test classes to "
+      "draw an episode from; pass --episodes_from=DIR of another run, or --noepisodes."
+    )
   part = "test" if "test" in data else "val"
   shape = EpisodeShape(config.eval.n_way, config.eval.k_shot, config.eval.n_query)
   sampler = EpisodeSampler(data[part], shape, config.eval.seed, "config.eval")
@@ -292,7 +297,9 @@ def write_report(
       with_checkpoints = [r for r in runs if os.path.isdir(os.path.join(r["dir"], "checkpoints"))]
       if not with_checkpoints:
         raise FslError("no DIR has checkpoints/ for episodes.png; pass --noepisodes.")
-      source = with_checkpoints[0]
+      # A run that was tested first: train-only splits (small1, small2, small_all) have
+      # no test classes to draw.
+      source = sorted(with_checkpoints, key=lambda r: "test" not in r["results"])[0]
     else:
       source = read_run(episodes_from)
     paths["episodes"] = os.path.join(out, "episodes.png")

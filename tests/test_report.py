@@ -1,6 +1,7 @@
 """python -m fsl_jax.report: results.md rows, learning_curves.png and episodes.png."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,10 +76,13 @@ def report_dirs(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
     },
     "checkpoint_step": 900,
   }
+  minimal.data.data_dir = str(omniglot_small_data_dir)
+  minimal.data.manual_dir = str(omniglot_manual_dir)
+  minimal.model.filters = 8
   dirs = [
     write_workdir(root / "proto", proto, proto_results, checkpoint=True),
     write_workdir(root / "fomaml", fomaml, fomaml_results, curves=False),
-    write_workdir(root / "minimal", minimal, minimal_results, curves=False),
+    write_workdir(root / "minimal", minimal, minimal_results, curves=False, checkpoint=True),
   ]
   out = root / "out"
   return report.write_report(dirs, out=str(out)), out
@@ -179,3 +183,16 @@ def test_a_series_keeps_python_floats_from_any_array_and_checks_lengths():
   assert all(type(v) is float for v in series.xs + series.ys)
   with pytest.raises(ValueError, match="'wave': 3 xs but 2 ys"):
     plots.Series("wave", [0.0, 1.0, 2.0], [1.0, 2.0])
+
+
+def test_episodes_come_from_a_tested_run_and_a_train_only_run_alone_names_the_fix(report_dirs):
+  """A run on a train-only split (small1) has no test classes to draw an episode from."""
+  paths, out = report_dirs
+  # report_dirs lists proto (tested) before minimal: both have checkpoints.
+  minimal = str(out.parent / "minimal")
+  with pytest.raises(FslError, match=r"split 'small1'.*no val or test classes.*--episodes_from"):
+    report.write_report([minimal], out=str(out.parent / "alone"))
+  paths = report.write_report(
+    [minimal, str(out.parent / "proto")], out=str(out.parent / "both"), episodes=True
+  )
+  assert os.path.isfile(paths["episodes"])
