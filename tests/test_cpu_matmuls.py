@@ -115,6 +115,8 @@ def test_bench_workloads_time_the_library_their_configs_use():
     "matching_mini_5w1s_fce": matching_mini5w1s,
     "maml_omniglot_5w1s": maml_omniglot5w1s,
     "maml_omniglot_20w1s": maml_omniglot20w1s,
+    "maml_omniglot_5w1s_maxpool": maml_omniglot5w1s,
+    "maml_omniglot_20w1s_maxpool": maml_omniglot20w1s,
     "proto_mini_30w1s": proto_mini5w1s,
     "maml_mini_5w1s": maml_mini5w1s,
   }
