@@ -85,29 +85,6 @@ WORKLOADS = {
       cpu_matmuls="eigen",  # As configs/maml_omniglot*.py.
       **OMNIGLOT,
     ),
-    # The reference PyTorch code's max-pool model (--config.model.downsample=max_pool).
-    Workload(
-      "maml_omniglot_5w1s_maxpool",
-      "maml",
-      shape=EpisodeShape(5, 1, 1),
-      meta_batch_size=32,
-      inner_steps=1,
-      inner_lr=0.4,
-      downsample="max_pool",
-      cpu_matmuls="eigen",
-      **OMNIGLOT,
-    ),
-    Workload(
-      "maml_omniglot_20w1s_maxpool",
-      "maml",
-      shape=EpisodeShape(20, 1, 1),
-      meta_batch_size=16,
-      inner_steps=5,
-      inner_lr=0.1,
-      downsample="max_pool",
-      cpu_matmuls="eigen",
-      **OMNIGLOT,
-    ),
     Workload("proto_mini_30w1s", "protonet", shape=EpisodeShape(30, 1, 15), **MINI),
     Workload(
       "maml_mini_5w1s",
@@ -123,6 +100,17 @@ WORKLOADS = {
     Workload("sampler_mini", "sampler", shape=EpisodeShape(5, 5, 15), **MINI),
   ]
 }
+
+
+def maxpool_variant(name: str) -> Workload:
+  """MAML Omniglot workload ``name`` on the reference PyTorch code's max-pool model
+  (``--config.model.downsample=max_pool``): ``NAME_maxpool``."""
+  return dataclasses.replace(WORKLOADS[name], name=f"{name}_maxpool", downsample="max_pool")
+
+
+WORKLOADS.update(
+  {w.name: w for w in map(maxpool_variant, ("maml_omniglot_5w1s", "maml_omniglot_20w1s"))}
+)
 
 _WORKLOAD = flags.DEFINE_multi_enum(
   "workload", None, list(WORKLOADS), "Workloads to run; all when not given."
