@@ -71,15 +71,12 @@ def prepare_omniglot(
   must hash to the recorded value.
   """
   download = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  built = []  # Whether this process built it: then the inputs were just verified.
   builder = build_once.prepared(
     lambda: omniglot.OmniglotFewShot(
       config=builder_config, data_dir=data_dir, file_format="array_record"
     ),
-    lambda builder: built.append(builder.download_and_prepare(download_config=download)),
+    lambda builder: builder.download_and_prepare(download_config=download),
   )
-  if built:
-    return builder
   zips = builder.builder_config.zips
   recorded = dict(builder.info.metadata.get("zip_sha256", {}))
   expected = {z.filename: z.sha256 for z in zips}
@@ -220,18 +217,16 @@ def prepare_mini_imagenet(
 
   def build(builder: mini_imagenet.MiniImagenetFewShot) -> None:
     mini_imagenet.detect_layout(manual_dir)  # Fails before tfds creates any folder.
-    download = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    built.append(builder.download_and_prepare(download_config=download))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
 
-  built = []
   builder = build_once.prepared(
     lambda: mini_imagenet.MiniImagenetFewShot(
       config=split, data_dir=data_dir, file_format="array_record"
     ),
     build,
   )
-  if built:
-    return builder
   recorded = dict(builder.info.metadata.get("source_sizes", {}))
   for name, size in recorded.items():
     path = os.path.join(manual_dir, name) if manual_dir else None

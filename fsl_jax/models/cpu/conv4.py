@@ -39,14 +39,12 @@ in training and ``apply(variables, x, train=False)`` at test time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.conv4 import COMPUTE_DTYPES, DOWNSAMPLES, torch_default_init
+from fsl_jax.models.conv4 import COMPUTE_DTYPES, DOWNSAMPLES, Conv4, torch_default_init
 from fsl_jax.models.cpu.batch_norm_relu import BatchNormRelu
 from fsl_jax.models.cpu.image_conv import image_conv, image_conv_moments, image_conv_pays
 from fsl_jax.models.cpu.row_products import matmul
@@ -138,32 +136,17 @@ class Conv3x3(nn.Module):
     return conv3x3(x, kernel.astype(x.dtype), self.impl, self.stride)
 
 
-class CpuConv4(nn.Module):
+class CpuConv4(Conv4):
   """conv-4 in its fast CPU formulations: uint8 images [B, H, W, C] -> embeddings [B, D] (or logits with a head).
 
   Attributes:
-    filters: F, channels of every conv (64 in Snell/Vinyals, 32 for MAML on miniImageNet).
     conv_impl: "xla", "im2col" or "winograd" (see module docstring).
-    pixel_mean, pixel_std: per-channel normalisation of x/255, applied on device.
-    num_outputs: if set, a linear head ("head") of this many outputs (MAML's logits).
-    downsample: "max_pool" (2x2 max-pool after each block, as Snell, Vinyals and the
-      reference MAML code) or "stride" (stride-2 convs and a final spatial mean, as
-      Finn et al.'s original Omniglot model).
-    compute_dtype: "float32", or "bfloat16" for GPUs and TPUs: convolutions and
-      pooling run in bfloat16, and each block's output is bfloat16 (batch norm's
-      affine map and ReLU are evaluated in float32 and rounded once), while
-      params, batch-norm statistics (reduced in float32) and the output stay float32.
-      "float32" means the default float type, float64 under ``jax.enable_x64``.
+    The others are ``Conv4``'s, and so is the parameter tree. With ``compute_dtype``
+    "bfloat16", batch norm's affine map and ReLU are evaluated in float32 and
+    rounded once.
   """
 
-  filters: int = 64
   conv_impl: str = "im2col"
-  pixel_mean: Sequence[float] = (0.0,)
-  pixel_std: Sequence[float] = (1.0,)
-  num_outputs: int | None = None
-  num_blocks: int = 4
-  downsample: str = "max_pool"
-  compute_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
