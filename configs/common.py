@@ -15,7 +15,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.algorithm = "protonet"
   # The library of XLA:CPU's matrix products in the train and eval steps, "ynnpack"
-  # (XLA's default) or "eigen"; other backends ignore it (fsl_jax/cpu_matmuls.py).
+  # (XLA's default) or "eigen"; other backends ignore it (fsl_jax/runtime/cpu_matmuls.py).
   config.cpu_matmuls = "ynnpack"
 
   config.data = ml_collections.ConfigDict()

@@ -10,11 +10,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from fsl_jax import sharding
 from fsl_jax.data.episodes import Episode, EpisodeSampler
 from fsl_jax.data.prefetch import prefetch
-from fsl_jax.metrics import mean_and_ci95
+from fsl_jax.runtime import sharding
 from fsl_jax.state import TrainState
+
+
+def mean_and_ci95(values) -> tuple[float, float]:
+  """Mean and the 95% confidence half-width 1.96 * std / sqrt(n) (std with ddof=0)."""
+  values = np.asarray(values, dtype=np.float64)
+  return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
 
 
 def evaluate(

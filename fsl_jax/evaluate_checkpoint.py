@@ -25,18 +25,18 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fsl_jax import sharding
 from fsl_jax.algorithms import make_algorithm
-from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.data.datasets import load_dataset
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
 from fsl_jax.data.lake_runs import N_WAY as LAKE_N_WAY
 from fsl_jax.data.lake_runs import load_lake_runs
 from fsl_jax.errors import ConfigError, FslError
 from fsl_jax.evaluate import evaluate, evaluate_lake_runs
-from fsl_jax.state import TrainState, create_train_state
+from fsl_jax.runtime import sharding
+from fsl_jax.runtime.atomic_files import write_json_atomically
+from fsl_jax.runtime.checkpointing import Checkpoints
+from fsl_jax.state import TrainState, create_train_state, make_optimizer
 from fsl_jax.steps import make_eval_step
-from fsl_jax.train import make_optimizer, write_json_atomically
 
 TASKS = ("episodes", "lake_runs")
 # Config sections that decide the parameters' shapes and meaning: these two, and the

@@ -6,7 +6,7 @@ fsl_jax/evaluate_checkpoint.py.
 
 Several processes (one per host, see launch/) add ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I``, or nothing on SLURM and TPU pod slices, where
-they are detected (fsl_jax/distributed.py).
+they are detected (fsl_jax/runtime/distributed.py).
 
 Any config value can be overridden, e.g. ``--config.data.split=small``. The config
 is locked, so a misspelt key is an error rather than a silent no-op.
@@ -20,9 +20,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsl_jax import config_check, distributed, evaluate_checkpoint, host_allocator, train
+from fsl_jax import config_check, evaluate_checkpoint, train
 from fsl_jax.errors import FslError
-from fsl_jax.preemption import PREEMPTED_EXIT_CODE, Preempted
+from fsl_jax.runtime import distributed, host_allocator
+from fsl_jax.runtime.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -42,7 +43,7 @@ _DISTRIBUTED = flags.DEFINE_enum(
   "distributed",
   "auto",
   list(distributed.MODES),
-  "Multi-process start-up (fsl_jax/distributed.py): auto = jax.distributed.initialize() "
+  "Multi-process start-up (fsl_jax/runtime/distributed.py): auto = jax.distributed.initialize() "
   "when SLURM (srun), a TPU pod slice, Open MPI or JAX_COORDINATOR_ADDRESS says there are "
   "several processes; on = always; off = never.",
 )

@@ -1,4 +1,4 @@
-"""The training state: one pytree holding everything a resumed run needs."""
+"""The training state, one pytree holding everything a resumed run needs, and its optimiser."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 
@@ -51,3 +52,20 @@ def create_train_state(
     opt_state=tx.init(params),
     rng=jax.random.fold_in(root, 1),
   )
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, meta_batch_size: int, lr_scale: float = 1.0):
+  """Adam whose learning rate is multiplied by ``decay_rate`` every ``decay_every_episodes``.
+
+  Snell et al.: lr 1e-3, halved every 2000 episodes. The schedule counts steps,
+  so the interval is divided by the meta-batch size. ``lr_scale`` multiplies the
+  whole schedule (divergence restarts lower it); the optimiser state's structure
+  does not depend on it, so a checkpoint restores under any scale.
+  """
+  schedule = optax.exponential_decay(
+    optim.learning_rate * lr_scale,
+    transition_steps=max(1, optim.decay_every_episodes // meta_batch_size),
+    decay_rate=optim.decay_rate,
+    staircase=True,
+  )
+  return optax.adam(schedule)

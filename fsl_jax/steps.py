@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from fsl_jax import divergence, sharding
-from fsl_jax.cpu_matmuls import compiler_options
 from fsl_jax.data.episodes import Episode
+from fsl_jax.runtime import divergence, sharding
+from fsl_jax.runtime.cpu_matmuls import compiler_options
 from fsl_jax.state import TrainState
 
 

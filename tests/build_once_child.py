@@ -8,7 +8,7 @@ import hashlib
 import json
 import sys
 
-from fsl_jax import distributed
+from fsl_jax.runtime import distributed
 
 port, process_id, data_dir, manual_dir = sys.argv[1:]
 distributed.initialize("on", f"127.0.0.1:{port}", 2, int(process_id))

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from configs import maml_omniglot5w1s, maml_omniglot20w1s
-from fsl_jax import bench
 from fsl_jax.data.episodes import EpisodeShape
+from fsl_jax.tools import bench
 
 TINY = bench.Workload(
   "tiny_maml",

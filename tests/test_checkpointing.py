@@ -10,8 +10,8 @@ import optax
 import pytest
 from orbax.checkpoint._src.path import async_path
 
-from fsl_jax.checkpointing import CheckpointError, Checkpoints
 from fsl_jax.models.cpu.conv4 import CpuConv4
+from fsl_jax.runtime.checkpointing import CheckpointError, Checkpoints
 from fsl_jax.state import create_train_state
 
 

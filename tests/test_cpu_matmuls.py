@@ -9,11 +9,11 @@ import optax
 import pytest
 
 from configs import common
-from fsl_jax import cpu_matmuls
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
 from fsl_jax.errors import ConfigError
+from fsl_jax.runtime import cpu_matmuls
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_eval_step, make_train_step
 

@@ -9,10 +9,11 @@ import optax
 import pytest
 
 from configs import proto_omniglot5w1s
-from fsl_jax import divergence, train
-from fsl_jax.checkpointing import Checkpoints
+from fsl_jax import train
 from fsl_jax.data.episodes import Episode
 from fsl_jax.errors import ConfigError
+from fsl_jax.runtime import divergence
+from fsl_jax.runtime.checkpointing import Checkpoints
 from fsl_jax.state import TrainState
 from fsl_jax.steps import make_train_step
 

@@ -12,16 +12,15 @@ from fixtures_lake_runs import expected_error_percent, write_lake_runs
 
 from configs import maml_omniglot5w1s, matching_omniglot5w1s, proto_omniglot5w1s
 from fsl_jax import evaluate_checkpoint as evaluate_checkpoint_module
-from fsl_jax import sharding
 from fsl_jax.algorithms import make_algorithm
-from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
 from fsl_jax.errors import ConfigError, FslError
 from fsl_jax.evaluate import evaluate
 from fsl_jax.evaluate_checkpoint import evaluate_checkpoint, setting_key
-from fsl_jax.state import create_train_state
+from fsl_jax.runtime import sharding
+from fsl_jax.runtime.checkpointing import Checkpoints
+from fsl_jax.state import create_train_state, make_optimizer
 from fsl_jax.steps import make_eval_step
-from fsl_jax.train import make_optimizer
 
 
 def small_config(data_dir, manual_dir):

@@ -20,8 +20,8 @@ import pytest
 
 from configs import proto_omniglot5w1s
 from fsl_jax import train
-from fsl_jax.checkpointing import Checkpoints
-from fsl_jax.preemption import PREEMPTED_EXIT_CODE
+from fsl_jax.runtime.checkpointing import Checkpoints
+from fsl_jax.runtime.preemption import PREEMPTED_EXIT_CODE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 16

@@ -1,4 +1,4 @@
-"""Tests for fsl_jax/host_allocator.py: which allocator, and that the re-execution happens."""
+"""Tests for fsl_jax/runtime/host_allocator.py: which allocator, and that the re-execution happens."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fsl_jax import host_allocator
+from fsl_jax.runtime import host_allocator
 
 TC = "libtcmalloc_minimal.so.4"
 

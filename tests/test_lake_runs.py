@@ -7,12 +7,12 @@ import pytest
 from fixtures_lake_runs import class_mask, expected_error_percent, write_lake_runs
 
 from configs import proto_omniglot5w1s
-from fsl_jax import sharding
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import resize
 from fsl_jax.data.lake_runs import load_lake_runs, parse_labels
 from fsl_jax.errors import DataError
 from fsl_jax.evaluate import evaluate_lake_runs
+from fsl_jax.runtime import sharding
 from fsl_jax.state import create_train_state
 from fsl_jax.steps import make_eval_step
 

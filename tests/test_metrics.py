@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-from fsl_jax.metrics import MetricsWriter, Progress, format_duration, mean_and_ci95
+from fsl_jax.evaluate import mean_and_ci95
+from fsl_jax.runtime.metrics_log import MetricsWriter, Progress, format_duration
 
 
 def test_ci95_is_1_96_std_over_sqrt_n():
@@ -21,7 +22,7 @@ def test_ci95_is_1_96_std_over_sqrt_n():
 
 def test_progress_line_has_rate_and_eta(monkeypatch):
   clock = iter([0.0, 10.0])
-  monkeypatch.setattr("fsl_jax.metrics.time.perf_counter", lambda: next(clock))
+  monkeypatch.setattr("fsl_jax.runtime.metrics_log.time.perf_counter", lambda: next(clock))
   progress = Progress(total_steps=100, start_step=0, episodes_per_step=2)
   line = progress.line(20, {"loss": 0.5})
   assert "step 20/100" in line and "loss 0.5000" in line

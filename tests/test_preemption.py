@@ -7,8 +7,8 @@ import pytest
 
 from configs import proto_omniglot5w1s
 from fsl_jax import train
-from fsl_jax.checkpointing import Checkpoints
-from fsl_jax.preemption import PREEMPTED_EXIT_CODE, Preempted, SigtermFlag
+from fsl_jax.runtime.checkpointing import Checkpoints
+from fsl_jax.runtime.preemption import PREEMPTED_EXIT_CODE, Preempted, SigtermFlag
 
 
 def test_sigterm_sets_the_flag_and_the_handler_is_restored():

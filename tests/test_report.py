@@ -9,12 +9,11 @@ import pytest
 from PIL import Image
 
 from configs import maml_omniglot5w1s, proto_omniglot5w1s
-from fsl_jax import plots, report
 from fsl_jax.algorithms import make_algorithm
-from fsl_jax.checkpointing import Checkpoints
 from fsl_jax.errors import FslError
-from fsl_jax.state import create_train_state
-from fsl_jax.train import make_optimizer
+from fsl_jax.runtime.checkpointing import Checkpoints
+from fsl_jax.state import create_train_state, make_optimizer
+from fsl_jax.tools import plots, report
 
 
 def episode_result(accuracy, ci95, n_way, k_shot, episodes=1000):

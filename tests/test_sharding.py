@@ -38,8 +38,8 @@ import orbax.checkpoint as ocp
 import pytest
 import sharded_runs
 
-from fsl_jax import distributed, sharding
 from fsl_jax.errors import ConfigError
+from fsl_jax.runtime import distributed, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5

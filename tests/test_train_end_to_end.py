@@ -11,7 +11,7 @@ import pytest
 
 from configs import maml_omniglot5w1s, proto_omniglot5w1s
 from fsl_jax import train
-from fsl_jax.checkpointing import Checkpoints
+from fsl_jax.runtime.checkpointing import Checkpoints
 
 
 def quick_config(data_dir, manual_dir, num_steps):

@@ -9,7 +9,7 @@ import pytest
 
 from configs import proto_omniglot5w1s
 from fsl_jax import train
-from fsl_jax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from fsl_jax.runtime.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def test_a_second_holder_is_refused_with_the_owner_named(tmp_path):
 
 def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
   code = (
-    "import os, signal, sys; from fsl_jax.workdir_lock import WorkdirLock; "
+    "import os, signal, sys; from fsl_jax.runtime.workdir_lock import WorkdirLock; "
     "WorkdirLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
   )
   child = subprocess.run(

@@ -41,7 +41,7 @@ import optax
 from absl import app, flags
 from jax.flatten_util import ravel_pytree
 
-from fsl_jax import plots
+from fsl_jax.tools import plots
 
 K_SHOT = 10  # Points per task in the support set (and in the query set).
 META_BATCH_SIZE = 25

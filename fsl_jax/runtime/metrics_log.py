@@ -1,4 +1,4 @@
-"""Metrics: confidence intervals, the progress line, and jsonl/TensorBoard writers."""
+"""Where training metrics go: metrics.jsonl, TensorBoard, and the progress line."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ import math
 import os
 import time
 
-import numpy as np
-
-
-def mean_and_ci95(values) -> tuple[float, float]:
-  """Mean and the 95% confidence half-width 1.96 * std / sqrt(n) (std with ddof=0)."""
-  values = np.asarray(values, dtype=np.float64)
-  return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
+from fsl_jax.runtime.atomic_files import write_text_atomically
 
 
 def format_duration(seconds: float) -> str:
@@ -56,8 +50,8 @@ class MetricsWriter:
 
   Only one process writes (``enabled``); the others ignore every call.
   ``kept_through``: the last step whose earlier rows stand, the checkpoint a
-  resumed run starts from (0 for a fresh run). The caller drops later rows from
-  metrics.jsonl (``drop_rows_after``); TensorBoard is told to hide the earlier
+  resumed run starts from (0 for a fresh run). Later rows are dropped from
+  metrics.jsonl (``drop_rows_after``) and TensorBoard is told to hide the earlier
   runs' events after it (``purge_step``), so a resumed curve has no duplicates.
   """
 
@@ -68,6 +62,7 @@ class MetricsWriter:
     from tensorboardX import SummaryWriter  # Protobuf only, no TensorFlow.
 
     os.makedirs(workdir, exist_ok=True)
+    drop_rows_after(os.path.join(workdir, "metrics.jsonl"), kept_through)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
     # The suffix also keeps a quick resume, within the same second, from
     # overwriting the earlier file (the name is otherwise the second and host).
@@ -91,3 +86,25 @@ class MetricsWriter:
     if self.enabled:
       self._jsonl.close()
       self._tensorboard.close()
+
+
+def drop_rows_after(path: str, step: int) -> None:
+  """Drops metrics.jsonl rows after ``step``: a resumed run logs those steps again.
+
+  Without this, a run killed after its last checkpoint would leave rows that the
+  resumed run repeats. The file is rewritten atomically; a missing file is fine.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  # A kill can leave a last line half-written: it does not parse and is dropped.
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError):
+      continue
+  if len(kept) != len(lines):
+    write_text_atomically(path, "".join(kept))

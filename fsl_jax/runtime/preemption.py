@@ -14,7 +14,10 @@ import os
 import signal
 import threading
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure; the user is invited to retry".
 # Distinct from 143 (= 128 + SIGTERM), what a run killed before it could save exits with.
@@ -64,3 +67,16 @@ class SigtermFlag:
     if self._installed:
       signal.signal(signal.SIGTERM, self._previous)
       self._installed = False
+
+  def agreed(self, step: int, every: int) -> bool:
+    """Whether every process stops for SIGTERM after ``step``: at once with one process.
+
+    With several processes they must agree, so process 0's flag is broadcast,
+    every ``every`` steps only (a broadcast is a host sync): keep that many steps
+    well inside the preemption notice (about 30 s on Cloud TPU VMs).
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    if step % every:
+      return False
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(self.requested)))

@@ -1,4 +1,4 @@
-"""Non-finite losses and gradients: detect on device, stop or restart on the host.
+"""Non-finite losses and gradients, all in one place: detect on device, stop or restart on the host.
 
 The trade-off. Reading a flag every step would cost a host sync per step, so:
 
@@ -15,12 +15,15 @@ The trade-off. Reading a flag every step would cost a host sync per step, so:
   from after a bad step is ever saved, and the error names the first bad step,
   at most ``log_every`` steps after it happened.
 
-``config.train.on_divergence`` chooses what follows: "stop" raises
-``DivergenceError``; "restart_lower_lr" restores the latest checkpoint (which
-predates the bad step) and multiplies the learning rate by
+``config.train.on_divergence`` chooses what follows (``train_with_restarts``):
+"stop" raises ``DivergenceError``; "restart_lower_lr" restores the latest
+checkpoint (which predates the bad step) and multiplies the learning rate by
 ``config.train.divergence_lr_factor``, at most ``max_divergence_restarts`` times.
 The lowered scale is kept in ``workdir/divergence.json`` so that a resumed run
 goes on with it.
+
+The file has three parts: on device (``update_if_finite``, ``first_bad_step``),
+on the host (``DivergenceMonitor``), and the policy (``train_with_restarts``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from fsl_jax.errors import ConfigError, FslError
+from fsl_jax.runtime.atomic_files import write_json_atomically
 
 T = TypeVar("T")
 NO_BAD_STEP = np.iinfo(np.int32).max
@@ -56,8 +61,7 @@ def update_if_finite(finite: jax.Array, update: Callable[[T], T], old: T) -> T:
 
   A ``lax.cond``, not a select between new and old: the update runs only on good
   steps and writes in place into the donated state, where a select would keep both
-  copies and read them again. On matching_mini_5w1s_fce (72M FCE parameters under
-  Adam) that gave 1.07 s against 1.13 s per step and 5.0 GB peak RSS against 6.2.
+  copies and read them again (docs/performance.md has the measurements).
   The updated leaves keep ``old``'s dtypes (under ``jax.enable_x64`` new batch
   statistics come out float64).
   """
@@ -74,10 +78,19 @@ def first_bad_step(finite: jax.Array, step_number: jax.Array) -> jax.Array:
 
 
 class DivergenceMonitor:
-  """The first bad step seen so far, on device; ``check`` reads it (one host sync)."""
+  """The first bad step seen so far, kept on device; reading it is one host sync.
 
-  def __init__(self):
+  Args:
+    learning_rate: the run's current learning rate, for the error message.
+    workdir: the run's workdir, for the error message.
+    last_good: () -> the latest checkpoint's step (or None), asked when raising.
+  """
+
+  def __init__(self, learning_rate: float, workdir: str, last_good: Callable[[], int | None]):
     self._first = None
+    self._learning_rate = learning_rate
+    self._workdir = workdir
+    self._last_good = last_good
 
   def update(self, first_bad: jax.Array) -> None:
     self._first = first_bad if self._first is None else jnp.minimum(self._first, first_bad)
@@ -87,6 +100,13 @@ class DivergenceMonitor:
       return None
     first = int(jax.device_get(self._first))
     return None if first == NO_BAD_STEP else first
+
+  def raise_if_diverged(self) -> None:
+    """Raises DivergenceError if any step so far was not finite (one host sync)."""
+    if (bad := self.first_bad_step()) is not None:
+      raise DivergenceError(
+        message(bad, self._learning_rate, self._workdir, self._last_good()), bad
+      )
 
 
 def check_config(train: ml_collections.ConfigDict) -> None:
@@ -115,6 +135,44 @@ def message(step: int, learning_rate: float, workdir: str, last_good: int | None
   )
 
 
+def train_with_restarts(
+  train: Callable[[float], T],
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  latest_checkpoint: Callable[[], int | None],
+) -> T:
+  """``train(lr_scale)``, run again with a lower scale after a divergence if the policy says so.
+
+  ``train`` resumes from the latest checkpoint, so a restart repeats only the
+  steps after it. Each restart multiplies the scale by
+  ``config.train.divergence_lr_factor`` and is recorded in ``workdir/divergence.json``.
+  """
+  lr_scale = load_lr_scale(workdir)
+  restarts = 0
+  while True:
+    try:
+      return train(lr_scale)
+    except DivergenceError as e:
+      restarts += 1
+      if (
+        config.train.on_divergence != "restart_lower_lr"
+        or restarts > config.train.max_divergence_restarts
+      ):
+        raise
+      lr_scale *= config.train.divergence_lr_factor
+      resumed_from = latest_checkpoint()
+      if jax.process_index() == 0:
+        record_restart(workdir, lr_scale, e.step, resumed_from)
+      logging.warning(
+        "%s Restart %d of %d: from step %s with the learning rate scaled by %g.",
+        e,
+        restarts,
+        config.train.max_divergence_restarts,
+        resumed_from or 0,
+        lr_scale,
+      )
+
+
 def load_lr_scale(workdir: str) -> float:
   """The learning-rate scale left by earlier restarts in this workdir (1.0 if none)."""
   path = os.path.join(workdir, STATE_FILE)
@@ -132,7 +190,4 @@ def record_restart(workdir: str, lr_scale: float, bad_step: int, resumed_from: i
     with open(path) as f:
       history = json.load(f)["restarts"]
   history.append({"bad_step": bad_step, "resumed_from": resumed_from, "lr_scale": lr_scale})
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"lr_scale": lr_scale, "restarts": history}, f, indent=2)
-  os.replace(tmp, path)
+  write_json_atomically(path, {"lr_scale": lr_scale, "restarts": history})
