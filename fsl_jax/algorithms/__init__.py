@@ -32,59 +32,47 @@ class Algorithm:
   init_params: Callable
 
 
+def metric_algorithm(model: nn.Module, episode_loss: Callable, **settings) -> Algorithm:
+  """A deterministic metric-based algorithm (ProtoNets, Matching Networks).
+
+  ``episode_loss(model, params, batch_stats, episode, *, n_way, train, **settings)``;
+  its params are the model's params.
+  """
+
+  def loss(params, batch_stats, episode, rng, *, n_way, train, step):
+    del rng, step  # No sampling, no schedule.
+    return episode_loss(model, params, batch_stats, episode, n_way=n_way, train=train, **settings)
+
+  return Algorithm(loss, lambda params: params)
+
+
 def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algorithm]:
   """The model and algorithm that ``config`` describes."""
   if config.algorithm == "protonet":
     model = make_model(config.model)
     settings = config.protonet
-
-    def protonet_loss(params, batch_stats, episode, rng, *, n_way, train, step):
-      del rng, step  # Prototypical Networks are deterministic.
-      return protonet.episode_loss(
-        model,
-        params,
-        batch_stats,
-        episode,
-        n_way=n_way,
-        train=train,
-        distance=settings.distance,
-        cosine_scale=settings.cosine_scale,
-      )
-
-    return model, Algorithm(protonet_loss, lambda params: params)
+    return model, metric_algorithm(
+      model,
+      protonet.episode_loss,
+      distance=settings.distance,
+      cosine_scale=settings.cosine_scale,
+    )
 
   if config.algorithm == "matching":
     settings = config.matching
-    if settings.distance not in DISTANCES:
-      raise ConfigError(
-        f"config.matching.distance must be one of {DISTANCES}, got {settings.distance!r}."
-      )
-    if settings.fce and min(settings.lstm_layers, settings.unrolling_steps) < 1:
-      raise ConfigError(
-        "With config.matching.fce, lstm_layers and unrolling_steps must be >= 1, got "
-        f"{settings.lstm_layers} and {settings.unrolling_steps}."
-      )
+    check_matching_settings(settings)
     model = MatchingEmbedding(
       make_model(config.model),
       fce=settings.fce,
       lstm_layers=settings.lstm_layers,
       unrolling_steps=settings.unrolling_steps,
     )
-
-    def matching_loss(params, batch_stats, episode, rng, *, n_way, train, step):
-      del rng, step  # Matching Networks are deterministic.
-      return matching.episode_loss(
-        model,
-        params,
-        batch_stats,
-        episode,
-        n_way=n_way,
-        train=train,
-        distance=settings.distance,
-        cosine_scale=settings.cosine_scale,
-      )
-
-    return model, Algorithm(matching_loss, lambda params: params)
+    return model, metric_algorithm(
+      model,
+      matching.episode_loss,
+      distance=settings.distance,
+      cosine_scale=settings.cosine_scale,
+    )
 
   if config.algorithm == "maml":
     if config.eval.n_way != config.train.n_way:
@@ -104,3 +92,15 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
     return model, Algorithm(maml_loss, lambda params: maml.init_meta_params(params, settings))
 
   raise ConfigError(f"config.algorithm must be one of {ALGORITHMS}, got {config.algorithm!r}.")
+
+
+def check_matching_settings(settings: ml_collections.ConfigDict) -> None:
+  if settings.distance not in DISTANCES:
+    raise ConfigError(
+      f"config.matching.distance must be one of {DISTANCES}, got {settings.distance!r}."
+    )
+  if settings.fce and min(settings.lstm_layers, settings.unrolling_steps) < 1:
+    raise ConfigError(
+      "With config.matching.fce, lstm_layers and unrolling_steps must be >= 1, got "
+      f"{settings.lstm_layers} and {settings.unrolling_steps}."
+    )

@@ -20,10 +20,10 @@ meta-batch by ``vmap`` (``fsl_jax/steps.py``). Its gradient is
   second-order memory stays flat as S grows.
 * ``unroll=True`` (the default) unrolls the scan when tracing. XLA then fuses and
   schedules across inner steps, and its cost analysis counts every step (a
-  rolled loop's body is counted once). Second order ran 25% faster on the 2-core
-  CPU (maml_mini_5w1s 2.22 -> 1.68 s/step) for 10-50% longer compiles; set it
-  False for long inner loops. With ``remat`` the loop stays rolled: unrolled,
-  XLA's buffer assignment no longer keeps the memory flat.
+  rolled loop's body is counted once). Second-order steps run faster on CPU at
+  the price of longer compiles (docs/performance.md has the measurements); set
+  it False for long inner loops. With ``remat`` the loop stays rolled: unrolled,
+  XLA's buffer assignment does not keep the memory flat.
 
 Options beyond the reference code, each a config switch:
 

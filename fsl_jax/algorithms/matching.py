@@ -32,21 +32,22 @@ range of the logits, not the epsilon or an optimisation detail:
   dominated by the softmax's floor instead of the hard examples.
 
 Scaling the cosine by s (``cosine_scale``, 10 by default; Oreshkin et al. 2018
-call this metric scaling) restores the logit range [0, s]; the closing note of
-issue 4 has the runs comparing s = 1 with s = 10. The epsilon in the norm only
-matters for an all-zero embedding, and batch norm sits before the ReLU in every
-block, as in the paper.
+call this metric scaling) restores the logit range [0, s]. The epsilon in the
+norm only matters for an all-zero embedding, and batch norm sits before the ReLU
+in every block, as in the paper.
 """
 
 from __future__ import annotations
+
+import functools
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.algorithms import metric_episode
 from fsl_jax.algorithms.distances import similarity_logits
-from fsl_jax.algorithms.episode_embedding import embed_episode, query_metrics
 from fsl_jax.data.episodes import Episode
 
 
@@ -93,10 +94,11 @@ def episode_loss(
   distance: str = "cosine",
   cosine_scale: float = 10.0,
 ):
-  """Matching Networks' loss of one episode.
+  """Matching Networks' loss of one episode: ``metric_episode.episode_loss`` with attention.
 
   Args:
-    model: a ``MatchingEmbedding``: uint8 images [S+Q, H, W, C] -> [S+Q, D].
+    model: a ``MatchingEmbedding``: uint8 images [S+Q, H, W, C] -> [S+Q, D]; it
+      is told S, so that FCE embeds the support set and the queries differently.
     params, batch_stats: the model's variables.
     episode: support [N*K, H, W, C], query [N*Q, H, W, C] and their labels.
     n_way: N, static.
@@ -105,15 +107,11 @@ def episode_loss(
     cosine_scale: s in c = s * cos.
 
   Returns:
-    (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}, plus
-    "predictions" [N*Q] (the predicted class of each query) when not training.
+    (loss, (metrics, new_batch_stats)) as ``metric_episode.episode_loss``.
   """
-  support, query, batch_stats = embed_episode(
-    model, params, batch_stats, episode, train=train, n_support=episode.support.shape[0]
-  )  # [N*K, D], [N*Q, D]
-  log_probs = query_log_probs(
-    support, episode.support_labels, query, n_way, distance, cosine_scale
-  )  # [N*Q, N]
-  loss = -jnp.mean(jnp.take_along_axis(log_probs, episode.query_labels[:, None], axis=-1))
-  metrics = query_metrics(loss, log_probs, episode.query_labels, train)
-  return loss, (metrics, batch_stats)
+  log_probs = functools.partial(
+    query_log_probs, n_way=n_way, distance=distance, cosine_scale=cosine_scale
+  )
+  return metric_episode.episode_loss(
+    model, params, batch_stats, episode, log_probs, train=train, n_support=episode.support.shape[0]
+  )

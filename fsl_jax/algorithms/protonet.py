@@ -9,7 +9,8 @@ and a query x is classified by a softmax over negative squared distances,
     p(y = n | x) = exp(-d(f(x), c_n)) / sum_m exp(-d(f(x), c_m)),
 
 with d the squared Euclidean distance (or, as an option, -s*cos). The loss is the
-mean negative log-probability of the true class over the N*Q queries.
+mean negative log-probability of the true class over the N*Q queries
+(``metric_episode.episode_loss``, shared with Matching Networks).
 
 Support and query images go through the network as one batch, so batch norm in
 training sees the whole episode (as in Snell et al.'s code); at test time it
@@ -18,14 +19,15 @@ uses its running averages.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from fsl_jax.algorithms import metric_episode
 from fsl_jax.algorithms.distances import similarity_logits
-from fsl_jax.algorithms.episode_embedding import embed_episode, query_metrics
 from fsl_jax.data.episodes import Episode
 
 
@@ -51,6 +53,19 @@ def query_logits(
   )
 
 
+def query_log_probs(
+  support: jax.Array,
+  support_labels: jax.Array,
+  query: jax.Array,
+  n_way: int,
+  distance: str = "euclidean",
+  cosine_scale: float = 10.0,
+) -> jax.Array:
+  """log p(y = n | x) [N*Q, N]: the log-softmax of ``query_logits``."""
+  logits = query_logits(support, support_labels, query, n_way, distance, cosine_scale)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
 def episode_loss(
   model: nn.Module,
   params,
@@ -62,7 +77,7 @@ def episode_loss(
   distance: str = "euclidean",
   cosine_scale: float = 10.0,
 ):
-  """Prototypical loss of one episode.
+  """Prototypical loss of one episode: ``metric_episode.episode_loss`` with prototypes.
 
   Args:
     model: embeds uint8 images [B, H, W, C] -> [B, D].
@@ -70,15 +85,13 @@ def episode_loss(
     episode: support [N*K, H, W, C], query [N*Q, H, W, C] and their labels.
     n_way: N, static.
     train: batch norm uses batch statistics (and updates its averages) if True.
+    distance: "euclidean" or "cosine".
+    cosine_scale: s in d = -s * cos.
 
   Returns:
-    (loss, (metrics, new_batch_stats)), metrics = {"loss", "accuracy"}, plus
-    "predictions" [N*Q] (the predicted class of each query) when not training.
+    (loss, (metrics, new_batch_stats)) as ``metric_episode.episode_loss``.
   """
-  support, query, batch_stats = embed_episode(model, params, batch_stats, episode, train=train)
-  logits = query_logits(
-    support, episode.support_labels, query, n_way, distance, cosine_scale
-  )  # [N*Q, N]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, episode.query_labels).mean()
-  metrics = query_metrics(loss, logits, episode.query_labels, train)
-  return loss, (metrics, batch_stats)
+  log_probs = functools.partial(
+    query_log_probs, n_way=n_way, distance=distance, cosine_scale=cosine_scale
+  )
+  return metric_episode.episode_loss(model, params, batch_stats, episode, log_probs, train=train)
