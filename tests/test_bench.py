@@ -1,27 +1,25 @@
 """The benchmark command: its JSON fields, FLOP counts per inner step, and the profile."""
 
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
 
 import pytest
 
-from configs import maml_omniglot5w1s, maml_omniglot20w1s
-from fsl_jax.data.episodes import EpisodeShape
 from fsl_jax.tools import bench
 
 TINY = bench.Workload(
   "tiny_maml",
-  "maml",
-  classes=6,
-  image_shape=(28, 28, 1),
-  shape=EpisodeShape(2, 1, 1),
-  meta_batch_size=2,
-  inner_steps=1,
-  inner_lr=0.1,
-  filters=4,
-  images_per_class=3,
+  "maml_omniglot5w1s",
+  (
+    ("model.filters", 4),
+    ("train.n_way", 2),
+    ("eval.n_way", 2),
+    ("train.meta_batch_size", 2),
+    ("maml.inner_lr", 0.1),
+  ),
 )
 FIELDS = {
   "workload",
@@ -47,8 +45,7 @@ FIELDS = {
 def two_runs():
   """The tiny workload with 1 and with 2 inner steps, first order, profiled."""
   return [
-    bench.run(dataclasses.replace(TINY, inner_steps=s), 1, "im2col", True, profile_top=3 * (s == 1))
-    for s in (1, 2)
+    bench.run(TINY, 1, "im2col", True, profile_top=3 * (s == 1), inner_steps=s) for s in (1, 2)
   ]
 
 
@@ -83,7 +80,7 @@ def test_the_profile_names_the_slowest_operations(two_runs):
 
 
 def test_the_sampler_workload_times_the_data_path():
-  workload = dataclasses.replace(TINY, name="tiny_sampler", algorithm="sampler")
+  workload = dataclasses.replace(TINY, name="tiny_sampler", sampler_only=True)
   line = bench.run(workload, 2, "im2col")
   assert line["dtype"] is None and "compile_seconds" not in line
   assert 0 < line["step_seconds_min"] <= line["step_seconds_median"]
@@ -101,25 +98,35 @@ def test_the_command_prints_one_json_line_per_workload():
   assert lines[0]["episodes_per_second"] > 0
 
 
-@pytest.mark.parametrize(
-  "workload, config",
-  [
-    ("maml_omniglot_5w1s", maml_omniglot5w1s),
-    ("maml_omniglot_20w1s", maml_omniglot20w1s),
-    ("maml_omniglot_5w1s_maxpool", maml_omniglot5w1s),
-    ("maml_omniglot_20w1s_maxpool", maml_omniglot20w1s),
-  ],
-)
-def test_maml_omniglot_workloads_time_the_model_the_configs_train(workload, config):
-  """The default workloads are the configs' model; the _maxpool ones its documented variant."""
-  trained = config.get_config()
-  timed = bench.workload_config(bench.WORKLOADS[workload], first_order=False, conv_impl="auto")
-  if workload.endswith("_maxpool"):
-    trained.model.downsample = "max_pool"
-  for key in ("downsample", "filters", "num_blocks"):
-    assert timed.model[key] == trained.model[key], key
-  for key in ("inner_lr", "inner_steps"):
-    assert timed.maml[key] == trained.maml[key], key
-  assert timed.train.meta_batch_size == trained.train.meta_batch_size
-  assert timed.cpu_matmuls == trained.cpu_matmuls
-  assert (timed.train.n_way, timed.train.k_shot) == (trained.train.n_way, trained.train.k_shot)
+def flat(config) -> dict:
+  """{"a.b": value} for every leaf of a ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+    else:
+      out[key] = value
+  return out
+
+
+@pytest.mark.parametrize("name", [n for n, w in bench.WORKLOADS.items() if not w.sampler_only])
+def test_a_workload_times_its_config_file_changed_only_by_its_overrides(name):
+  """Every setting the step sees comes from the config file, but the stated overrides and flags."""
+  workload = bench.WORKLOADS[name]
+  module = importlib.import_module(f"configs.{workload.config_file}")
+  trained = flat(module.get_config())
+  timed = flat(bench.workload_config(workload, first_order=False, conv_impl="auto"))
+  changed = {key for key in trained if trained[key] != timed[key]}
+  assert set(trained) == set(timed)
+  allowed = {key for key, _ in workload.overrides} | {"maml.first_order", "maml.anil"}
+  assert changed <= allowed, changed - allowed
+  for key, value in workload.overrides:
+    assert timed[key] == value
+
+
+def test_the_maxpool_workloads_differ_from_the_strided_ones_in_the_model_only():
+  for name in ("maml_omniglot_5w1s", "maml_omniglot_20w1s"):
+    strided = flat(bench.workload_config(bench.WORKLOADS[name], False, "auto"))
+    maxpool = flat(bench.workload_config(bench.WORKLOADS[f"{name}_maxpool"], False, "auto"))
+    assert strided["model.downsample"] == "stride" and maxpool["model.downsample"] == "max_pool"
+    assert {k for k in strided if strided[k] != maxpool[k]} == {"model.downsample"}

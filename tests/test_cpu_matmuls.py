@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,29 +100,10 @@ def test_second_order_maml_steps_agree_between_libraries():
 
 
 def test_bench_workloads_time_the_library_their_configs_use():
-  from configs import (
-    maml_mini5w1s,
-    maml_omniglot5w1s,
-    maml_omniglot20w1s,
-    matching_mini5w1s,
-    matching_omniglot5w1s,
-    proto_mini5w1s,
-    proto_omniglot5w1s,
-  )
-  from fsl_jax.bench import WORKLOADS
+  from fsl_jax.tools.bench import WORKLOADS, workload_config
 
-  configs = {
-    "proto_omniglot_60w1s": proto_omniglot5w1s,
-    "matching_omniglot_5w1s": matching_omniglot5w1s,
-    "matching_mini_5w1s_fce": matching_mini5w1s,
-    "maml_omniglot_5w1s": maml_omniglot5w1s,
-    "maml_omniglot_20w1s": maml_omniglot20w1s,
-    "maml_omniglot_5w1s_maxpool": maml_omniglot5w1s,
-    "maml_omniglot_20w1s_maxpool": maml_omniglot20w1s,
-    "proto_mini_30w1s": proto_mini5w1s,
-    "maml_mini_5w1s": maml_mini5w1s,
-  }
-  assert set(configs) == {n for n, w in WORKLOADS.items() if w.algorithm != "sampler"}
-  used = {name: module.get_config().cpu_matmuls for name, module in configs.items()}
-  assert used == {name: WORKLOADS[name].cpu_matmuls for name in configs}
+  for name, workload in WORKLOADS.items():
+    trained = importlib.import_module(f"configs.{workload.config_file}").get_config()
+    assert workload_config(workload, False, "auto").cpu_matmuls == trained.cpu_matmuls, name
+  used = {name: workload_config(w, False, "auto").cpu_matmuls for name, w in WORKLOADS.items()}
   assert used["maml_omniglot_20w1s"] == "eigen" and used["matching_omniglot_5w1s"] == "ynnpack"

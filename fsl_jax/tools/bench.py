@@ -1,7 +1,8 @@
 """The benchmark command: ``python -m fsl_jax.bench [--workload NAME ...] [--repeats N]``.
 
-Each workload prints one JSON line with the median and minimum seconds per
-step after warm-up, episodes/s, compile time, peak host memory, and the FLOPs
+A workload is the train step of a config file, changed only by the benchmark's
+own overrides (``WORKLOADS``) and the command's flags. Each prints one JSON line
+with the median and minimum seconds per step after warm-up, episodes/s, compile time, peak host memory, and the FLOPs
 of the compiled step from XLA's cost analysis. Compute workloads draw episodes
 from random images of the dataset's shape (the cost does not depend on pixel
 values); sampler workloads time the host data path alone.
@@ -13,10 +14,13 @@ devices, set XLA_FLAGS=--xla_force_host_platform_device_count=D before starting.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import json
 import resource
 import statistics
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +28,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from configs import common
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
@@ -37,80 +40,55 @@ from fsl_jax.tools import op_profile
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-  """A benchmark: episode shape and data shape as in the reference code's settings."""
+  """A benchmark: the train step of a config file, with the benchmark's own overrides.
+
+  ``overrides`` are dotted config keys, e.g. ``("train.n_query", 5)``: the only
+  places where a timed step differs from what the config trains.
+  """
 
   name: str
-  algorithm: str  # "protonet", "matching", "maml" or "sampler".
-  classes: int  # Classes in the synthetic dataset, as in the real training split.
-  image_shape: tuple[int, int, int]
-  shape: EpisodeShape
-  meta_batch_size: int = 1
-  inner_steps: int = 0
-  inner_lr: float = 0.0
-  filters: int = 64
-  images_per_class: int = 20
-  fce: bool = False  # Matching Networks' Full Context Embeddings.
-  # "max_pool", or "stride": Finn et al.'s Omniglot model (stride-2 convs, spatial mean).
-  downsample: str = "max_pool"
-  cpu_matmuls: str = "ynnpack"  # As the library's config for this setting.
+  config_file: str  # A module of configs/, e.g. "proto_omniglot5w1s".
+  overrides: tuple[tuple[str, Any], ...] = ()
+  sampler_only: bool = False  # Time the host data path alone, no step.
+
+  @property
+  def algorithm(self) -> str:
+    return "sampler" if self.sampler_only else self.config().algorithm
+
+  def config(self) -> ml_collections.ConfigDict:
+    config = importlib.import_module(f"configs.{self.config_file}").get_config()
+    for key, value in self.overrides:
+      *sections, field = key.split(".")
+      section = functools.reduce(getattr, sections, config)
+      setattr(section, field, value)
+    return config
 
 
-OMNIGLOT = dict(classes=4112, image_shape=(28, 28, 1))
-MINI = dict(classes=64, image_shape=(84, 84, 3), images_per_class=600)
+# The synthetic dataset of each config's data.dataset: as many classes and images
+# per class as the real training split (Omniglot's 1028 background classes in
+# four rotations; miniImageNet's 64 classes of 600 images).
+SYNTHETIC_SPLITS = {
+  "omniglot": dict(classes=4112, images_per_class=20, channels=1),
+  "mini_imagenet": dict(classes=64, images_per_class=600, channels=3),
+}
+MAXPOOL = (("model.downsample", "max_pool"),)  # The reference PyTorch code's MAML model.
 WORKLOADS = {
   w.name: w
   for w in [
-    Workload("proto_omniglot_60w1s", "protonet", shape=EpisodeShape(60, 1, 5), **OMNIGLOT),
-    Workload("matching_omniglot_5w1s", "matching", shape=EpisodeShape(5, 1, 15), **OMNIGLOT),
-    Workload("matching_mini_5w1s_fce", "matching", shape=EpisodeShape(5, 1, 15), fce=True, **MINI),
-    Workload(
-      "maml_omniglot_5w1s",
-      "maml",
-      shape=EpisodeShape(5, 1, 1),
-      meta_batch_size=32,
-      inner_steps=1,
-      inner_lr=0.4,
-      downsample="stride",
-      cpu_matmuls="eigen",  # As configs/maml_omniglot*.py.
-      **OMNIGLOT,
-    ),
-    Workload(
-      "maml_omniglot_20w1s",
-      "maml",
-      shape=EpisodeShape(20, 1, 1),
-      meta_batch_size=16,
-      inner_steps=5,
-      inner_lr=0.1,
-      downsample="stride",
-      cpu_matmuls="eigen",  # As configs/maml_omniglot*.py.
-      **OMNIGLOT,
-    ),
-    Workload("proto_mini_30w1s", "protonet", shape=EpisodeShape(30, 1, 15), **MINI),
-    Workload(
-      "maml_mini_5w1s",
-      "maml",
-      shape=EpisodeShape(5, 1, 5),  # The reference code's benchmark setting (configs use 15).
-      meta_batch_size=4,
-      inner_steps=5,
-      inner_lr=0.01,
-      filters=32,
-      **MINI,
-    ),
-    Workload("sampler_omniglot", "sampler", shape=EpisodeShape(60, 1, 5), **OMNIGLOT),
-    Workload("sampler_mini", "sampler", shape=EpisodeShape(5, 5, 15), **MINI),
+    Workload("proto_omniglot_60w1s", "proto_omniglot5w1s"),
+    Workload("matching_omniglot_5w1s", "matching_omniglot5w1s"),
+    Workload("matching_mini_5w1s_fce", "matching_mini5w1s"),
+    Workload("maml_omniglot_5w1s", "maml_omniglot5w1s"),
+    Workload("maml_omniglot_20w1s", "maml_omniglot20w1s"),
+    Workload("maml_omniglot_5w1s_maxpool", "maml_omniglot5w1s", MAXPOOL),
+    Workload("maml_omniglot_20w1s_maxpool", "maml_omniglot20w1s", MAXPOOL),
+    Workload("proto_mini_30w1s", "proto_mini5w1s"),
+    # The reference code's benchmark setting: 5 queries per class (the config trains with 15).
+    Workload("maml_mini_5w1s", "maml_mini5w1s", (("train.n_query", 5),)),
+    Workload("sampler_omniglot", "proto_omniglot5w1s", sampler_only=True),
+    Workload("sampler_mini", "matching_mini5w5s", sampler_only=True),
   ]
 }
-
-
-def maxpool_variant(name: str) -> Workload:
-  """MAML Omniglot workload ``name`` on the reference PyTorch code's max-pool model
-  (``--config.model.downsample=max_pool``): ``NAME_maxpool``."""
-  return dataclasses.replace(WORKLOADS[name], name=f"{name}_maxpool", downsample="max_pool")
-
-
-WORKLOADS.update(
-  {w.name: w for w in map(maxpool_variant, ("maml_omniglot_5w1s", "maml_omniglot_20w1s"))}
-)
 
 _WORKLOAD = flags.DEFINE_multi_enum(
   "workload", None, list(WORKLOADS), "Workloads to run; all when not given."
@@ -123,7 +101,7 @@ _CPU_MATMULS = flags.DEFINE_enum(
   "cpu_matmuls",
   None,
   list(CPU_MATMULS),
-  "XLA:CPU's matmul library (config.cpu_matmuls); default: the workload's.",
+  "XLA:CPU's matmul library (config.cpu_matmuls); default: the workload's config's.",
 )
 _ORDERS = flags.DEFINE_multi_enum(
   "order", ["first", "second"], ["first", "second"], "MAML orders to run."
@@ -149,54 +127,41 @@ def workload_config(
   dtype: str = "float32",
   cpu_matmuls: str | None = None,
   anil: bool = False,
+  inner_steps: int | None = None,
 ) -> ml_collections.ConfigDict:
-  """The library config that trains ``workload``."""
-  config = common.get_base_config()
-  config.algorithm = workload.algorithm
+  """The workload's config with the command's flags applied."""
+  config = workload.config()
   config.model.conv_impl = conv_impl
   config.model.compute_dtype = dtype
-  config.cpu_matmuls = cpu_matmuls or workload.cpu_matmuls
-  config.model.filters = workload.filters
-  config.model.downsample = workload.downsample
-  channels = workload.image_shape[-1]
-  config.model.pixel_mean = (0.5,) * channels
-  config.model.pixel_std = (0.25,) * channels
-  for section in (config.train, config.eval):
-    section.n_way = workload.shape.n_way
-    section.k_shot = workload.shape.k_shot
-    section.n_query = workload.shape.n_query
-  config.train.meta_batch_size = workload.meta_batch_size
-  if workload.algorithm == "protonet":
-    config.protonet = dict(distance="euclidean", cosine_scale=10.0)
-  if workload.algorithm == "matching":
-    config.matching = common.matching("omniglot", 5, 1, "fce" if workload.fce else None).matching
-  if workload.algorithm == "maml":
-    common.set_maml(
-      config,
-      inner_lr=workload.inner_lr,
-      inner_steps=workload.inner_steps,
-      test_inner_steps=workload.inner_steps,
-      meta_batch_size=workload.meta_batch_size,
-    )
+  config.cpu_matmuls = cpu_matmuls or config.cpu_matmuls
+  if config.algorithm == "maml":
     config.maml.first_order = first_order
     config.maml.remat = remat
     config.maml.anil = anil
+    if inner_steps is not None:
+      config.maml.inner_steps = inner_steps
   return config
 
 
-def synthetic_images(workload: Workload) -> ClassImages:
-  rng = np.random.default_rng(0)
-  shape = (workload.classes, workload.images_per_class, *workload.image_shape)
-  images = rng.integers(0, 256, size=shape, dtype=np.uint8)
-  return ClassImages(images, tuple(f"class{i}" for i in range(workload.classes)))
+def episode_shape(config: ml_collections.ConfigDict) -> EpisodeShape:
+  return EpisodeShape(config.train.n_way, config.train.k_shot, config.train.n_query)
+
+
+def synthetic_images(config: ml_collections.ConfigDict) -> ClassImages:
+  """Random uint8 images shaped like the config's training split (cost does not depend on pixels)."""
+  split = SYNTHETIC_SPLITS[config.data.dataset]
+  size = config.data.image_size
+  shape = (split["classes"], split["images_per_class"], size, size, split["channels"])
+  images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+  return ClassImages(images, tuple(f"class{i}" for i in range(split["classes"])))
 
 
 def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def time_sampler(workload: Workload, repeats: int) -> dict:
-  sampler = EpisodeSampler(synthetic_images(workload), workload.shape, seed=0)
+def time_sampler(config: ml_collections.ConfigDict, repeats: int) -> dict:
+  sampler = EpisodeSampler(synthetic_images(config), episode_shape(config), seed=0)
   per_round = 100
   times = []
   for r in range(repeats):
@@ -206,18 +171,16 @@ def time_sampler(workload: Workload, repeats: int) -> dict:
   return {"step_seconds_median": statistics.median(times), "step_seconds_min": min(times)}
 
 
-def time_train_step(
-  workload: Workload, config: ml_collections.ConfigDict, repeats: int, profile_top: int = 0
-) -> dict:
-  sampler = EpisodeSampler(synthetic_images(workload), workload.shape, seed=0)
+def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top: int = 0) -> dict:
+  sampler = EpisodeSampler(synthetic_images(config), episode_shape(config), seed=0)
   mesh = sharding.make_mesh()
   model, algorithm = make_algorithm(config)
-  tx = make_optimizer(config.optim, workload.meta_batch_size)
+  size = config.train.meta_batch_size
+  tx = make_optimizer(config.optim, size)
   example = jnp.asarray(sampler.episode(0).support)
   state = create_train_state(model, tx, example, 0, algorithm.init_params)
   state = jax.device_put(state, sharding.replicated(mesh))
-  step = make_train_step(algorithm.loss, tx, workload.shape.n_way, mesh, config.cpu_matmuls)
-  size = workload.meta_batch_size
+  step = make_train_step(algorithm.loss, tx, config.train.n_way, mesh, config.cpu_matmuls)
   sharding.check_batch_divides(size, mesh, "meta_batch_size")
   batches = [sharding.to_global(sampler.episodes(i * size, size), mesh) for i in range(4)]
   start = time.perf_counter()
@@ -271,30 +234,29 @@ def run(
   profile_top: int = 0,
   cpu_matmuls: str | None = None,
   anil: bool = False,
+  inner_steps: int | None = None,
 ) -> dict:
-  if workload.algorithm == "sampler":
-    timing = time_sampler(workload, repeats)
+  """Times ``workload`` with the command's flags; returns its JSON line as a dict."""
+  config = workload_config(
+    workload, bool(first_order), conv_impl, remat, dtype, cpu_matmuls, anil, inner_steps
+  )
+  if workload.sampler_only:
+    timing = time_sampler(config, repeats)
   else:
-    config = workload_config(
-      workload, bool(first_order), conv_impl, remat, dtype, cpu_matmuls, anil
-    )
-    timing = time_train_step(workload, config, repeats, profile_top)
+    timing = time_train_step(config, repeats, profile_top)
+  maml = config.algorithm == "maml" and not workload.sampler_only
   return {
     "workload": workload.name,
     "algorithm": workload.algorithm,
     "first_order": first_order,
-    "dtype": dtype if workload.algorithm != "sampler" else None,
+    "dtype": None if workload.sampler_only else dtype,
     "backend": jax.default_backend(),
     "devices": jax.device_count(),
     "host_allocator": host_allocator.active(),
     **timing,
-    "episodes_per_second": workload.meta_batch_size / timing["step_seconds_median"],
+    "episodes_per_second": config.train.meta_batch_size / timing["step_seconds_median"],
     "peak_rss_mb": peak_rss_mb(),
-    **(
-      {"remat": remat, "anil": anil, "inner_steps": workload.inner_steps}
-      if workload.algorithm == "maml"
-      else {}
-    ),
+    **({"remat": remat, "anil": anil, "inner_steps": config.maml.inner_steps} if maml else {}),
   }
 
 
@@ -304,8 +266,6 @@ def main(argv):
     op_profile.enable_cpu_op_events()
   for name in _WORKLOAD.value or list(WORKLOADS):
     workload = WORKLOADS[name]
-    if _INNER_STEPS.value is not None and workload.algorithm == "maml":
-      workload = dataclasses.replace(workload, inner_steps=_INNER_STEPS.value)
     orders = [o == "first" for o in _ORDERS.value] if workload.algorithm == "maml" else [None]
     for first_order in orders:
       result = run(
@@ -318,6 +278,7 @@ def main(argv):
         profile_top=_PROFILE_TOP.value,
         cpu_matmuls=_CPU_MATMULS.value,
         anil=_ANIL.value,
+        inner_steps=_INNER_STEPS.value,
       )
       print(json.dumps(result), flush=True)
 
