@@ -66,7 +66,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.val_episodes = 500
   config.eval.test_episodes = 1000
   # Episodes per eval call. Activations scale with it: 8 episodes of 20-way 5-shot
-  # with 15 queries are 3200 images, about 1.5 GB of float32 activations.
+  # with 15 queries are 3200 images, [3200, 28, 28, 64] float32 after the first
+  # convolution on Omniglot.
   config.eval.batch_size = 8
   config.eval.seed = 1234
   # --mode=evaluate: "episodes" scores eval.n_way/k_shot/n_query episodes of
@@ -217,8 +218,8 @@ def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.Co
   config.train.n_way, config.train.k_shot, config.train.n_query = n_way, k_shot, k_shot
   config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
   config.eval.test_episodes = 1000
-  # Per-task products of MAML on Omniglot ran 7-14% faster in Eigen than in
-  # YNNPACK on XLA:CPU (README, Performance); ignored on GPU and TPU.
+  # Per-task products of MAML on Omniglot run faster in Eigen than in YNNPACK on
+  # XLA:CPU (docs/performance.md has the measurements); ignored on GPU and TPU.
   config.cpu_matmuls = "eigen"
   if "quick" in words:
     make_quick(config)

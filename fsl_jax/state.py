@@ -41,7 +41,7 @@ def create_train_state(
     init_params: model params -> the meta-learned params (the algorithm's).
   """
   root = jax.random.PRNGKey(seed)
-  # One compiled program: op-by-op, init compiles dozens of small ones (~20 s on CPU).
+  # One compiled program: op-by-op, init would compile dozens of small ones.
   init = jax.jit(model.init, static_argnames="train")
   variables = init(jax.random.fold_in(root, 0), example_images, train=False)
   params = init_params(variables["params"])

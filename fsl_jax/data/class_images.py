@@ -2,9 +2,9 @@
 
 The result of loading is one ``ClassImages`` per part (train/val/test):
 ``images[c, m]`` is drawing ``m`` of class ``c``, shape ``[C, M, H, W, channels]``,
-uint8. Omniglot at 28x28 is about 25 MB and miniImageNet at 84x84 about 1.3 GB,
-so everything stays in memory (uint8; normalised on device) and episodes are
-gathered with one fancy-indexing operation.
+uint8. At one byte per pixel even miniImageNet (100 classes x 600 images of
+84x84x3) fits in host memory, so everything stays there (uint8; normalised on
+device) and episodes are gathered with one fancy-indexing operation.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ class _NumpyUnpickler(pickle.Unpickler):
         f"refusing to unpickle {module}.{name}: a miniImageNet pickle holds only numpy "
         "arrays, lists and dicts. The file is not what its name says; do not load it."
       )
-    if module.startswith("numpy.core."):  # Files from numpy 1.x; numpy 2 renamed the module.
+    if module.startswith("numpy.core."):  # Pickled before numpy renamed it numpy._core.
       module = "numpy._core." + module.removeprefix("numpy.core.")
     return super().find_class(module, name)
 

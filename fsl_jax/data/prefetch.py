@@ -3,9 +3,9 @@
 Closing the iterator returns only once that thread has ended. A thread still
 inside ``produce`` (sampling, or a device transfer in XLA's C++ code) when the
 interpreter exits is killed as it takes the GIL back; the unwinding crosses C++
-frames that cannot be unwound, and the process aborts. Before the join, the
-thread was still alive at exit after 14 of 16 SIGTERMs, and one preempted run in
-19 exited with SIGABRT (-6) instead of 75, which ends a ``until ...; [ $? -ne 75 ]
+frames that cannot be unwound, and the process aborts. Without the join, a
+SIGTERM usually finds the thread still alive at exit, and a preempted run can
+exit with SIGABRT (-6) instead of 75, which ends a ``until ...; [ $? -ne 75 ]
 && break; done`` restart loop.
 """
 

@@ -21,7 +21,7 @@ def default_conv_impl(backend: str | None = None, per_task_weights: bool = False
   "xla" (the reference ``Conv4``) off the CPU. On CPU, Winograd for shared weights
   (ProtoNets, Matching Networks), and im2col for MAML's per-task weights under
   ``vmap``, whose batched Winograd products are slower than im2col's single
-  batched product (docs in README, "Performance").
+  batched product (docs/performance.md has the measurements).
   """
   if (backend or jax.default_backend()) != "cpu":
     return "xla"

@@ -30,7 +30,7 @@ set class-major (row n*K + k is shot k of class n), and since labels are a rando
 permutation of the classes, that order carries no information about which
 classes are present. Reversing the support order while swapping the forward and
 backward LSTMs' weights leaves g's outputs (reversed) and all predictions
-unchanged (tests/test_fce.py checks this).
+unchanged (tests/test_matching.py checks this).
 
 Every LSTM here is the standard cell,
 

@@ -3,8 +3,8 @@
 An RNN step multiplies something of the carry by a weight, ``pre_t = z_t W``.
 Autodiff of ``lax.scan`` adds ``z_t^T dpre_t`` into a [D_in, D_out] accumulator at
 every step of the backward scan: for the 1600-d LSTMs of Matching Networks' FCE
-that is a 41-82 MB outer product written and added per step. ``weight_tied_scan``
-has a JVP rule that moves the weight's tangent out of the loop:
+that is a [1600, 6400] or [3200, 6400] outer product written and added per step.
+``weight_tied_scan`` has a JVP rule that moves the weight's tangent out of the loop:
 
     dpre_t = dz_t W + z_t dW,    and   E = [z_1; ..; z_T] dW    (one product, before),
 

@@ -8,18 +8,16 @@ process-wide changes and other backends are untouched:
 * ``"ynnpack"``: XLA:CPU's default. Every dot YNNPACK supports runs there, in a
   ``__ynn_fusion``; the rest (products contracting rows, ``a^T b``) run in Eigen.
 * ``"eigen"``: every dot runs in Eigen. Reductions and convolutions stay with
-  YNNPACK, as by default: taking those away too made MAML Omniglot 20-way first
-  order 2.3x slower (1.15-1.22 s against 0.53-0.61 s per step).
+  YNNPACK, as by default: taking those away too makes MAML's steps on Omniglot
+  slower.
 
-Neither is faster everywhere. On this project's 2-core CPU, in alternated runs of
-``python -m fsl_jax.bench`` (figures in the README):
+Neither is faster everywhere, as ``python -m fsl_jax.bench`` shows
+(docs/performance.md has the measurements):
 
 * MAML on Omniglot, whose batched per-task products are like [16, 980, 576] x
-  [16, 576, 64]: whole steps ran 7-14% faster in Eigen (medians). That product
-  alone took 12.6 ms in YNNPACK and 9.9 ms in Eigen.
-* FCE's LSTM products ([3200, 6400] weights) ran faster in YNNPACK, and so did
-  the [N, 64] x [64, 64] Winograd products of Matching Networks on Omniglot
-  (0.34 ms against 0.69 ms for [3920, 64] x [64, 64] alone).
+  [16, 576, 64], runs faster in Eigen.
+* FCE's LSTM products ([3200, 6400] weights) run faster in YNNPACK, and so do
+  the [N, 64] x [64, 64] Winograd products of Matching Networks on Omniglot.
 """
 
 from __future__ import annotations

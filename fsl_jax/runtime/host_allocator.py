@@ -1,22 +1,19 @@
-"""The host allocator: 1.1-2.2x faster XLA:CPU steps by not faulting in memory every step.
+"""The host allocator: faster XLA:CPU steps by not faulting in memory every step.
 
-XLA:CPU allocates every step's output and scratch buffers afresh (hundreds of MB
-to GBs; ``python -m fsl_jax.bench`` reports ``xla_temp_bytes``). glibc serves
-each allocation above 32 MB with a new ``mmap`` and returns it on ``free``, so
-the kernel faults in and zeroes every page again, every step. On the 2-core
-benchmark machine, ``x * 2 + 1`` into a fresh 72 MB buffer took 39 ms against
-4 ms into a reused one.
+XLA:CPU allocates every step's output and scratch buffers afresh, many of them
+large (``python -m fsl_jax.bench`` reports ``xla_temp_bytes``). glibc serves each
+allocation above 32 MiB (its largest mmap threshold on 64-bit) with a new
+``mmap`` and returns it on ``free``, so the kernel faults in and zeroes every
+page again, every step: writing into a fresh buffer costs many times what
+writing into a reused one does.
 
-Two fixes, in order of preference, measured in s/step on that machine:
+Two fixes, in order of preference (docs/performance.md has the measurements):
 
 * **tcmalloc** (``apt install libtcmalloc-minimal4``), loaded with ``LD_PRELOAD``
-  and ``TCMALLOC_RELEASE_RATE=0`` so that freed memory is kept for the next step:
-  matching_mini_5w1s_fce 2.83 -> 1.30, maml_omniglot_20w1s (second order)
-  2.04 -> 1.21, proto_omniglot_60w1s 0.92 -> 0.40.
+  and ``TCMALLOC_RELEASE_RATE=0`` so that freed memory is kept for the next step.
 * **glibc's huge pages** (glibc >= 2.35, kernel THP mode ``madvise``):
   ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` backs those mappings with 2 MiB pages,
-  512 times fewer faults, though each step still zeroes them:
-  proto_omniglot_60w1s 0.92 -> 0.59.
+  512 times fewer faults, though each step still zeroes them.
 
 Both are read once, when a process starts, so :func:`reexec_with_fast_allocator`
 re-executes the command line with the environment they need. The command-line

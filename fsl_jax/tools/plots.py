@@ -26,8 +26,7 @@ class Series:
 
   Any sequence or array works; it is kept as a list of Python floats, since the
   drawing visits every point in Python. (A JAX array visited point by point
-  costs a device round trip per value: the sinusoid example's plot took 16-22 s
-  from JAX arrays, and 2.2 s from floats, most of it compiling its fits.)
+  costs a device round trip per value.)
   """
 
   label: str

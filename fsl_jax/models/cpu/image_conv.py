@@ -1,8 +1,8 @@
 """conv-4's image layer (one input channel) without writing its output to memory.
 
 The first convolution maps grayscale images x [B, H, W, 1] to F channels: its
-output y [B, H, W, F] is F times the size of x (16 MB for 80 Omniglot images at
-F = 64), and every pass over it is memory traffic.
+output y [B, H, W, F] is F times the size of x ([80, 28, 28, 64] float32 for 80
+Omniglot images at F = 64), and every pass over it is memory traffic.
 Batch norm and the max-pool need only two things of y:
 
 * its per-channel moments, which the 3x3 patches give exactly. With P [N, 9C]

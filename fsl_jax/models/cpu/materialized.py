@@ -4,10 +4,10 @@ XLA:CPU fuses a cheap elementwise producer into every loop that reads it, and th
 evaluates it again for each element that loop visits. Two places in conv-4 lose by
 that (``lax.optimization_barrier`` does not prevent it on CPU):
 
-* batch norm's per-channel vectors, whose chains of [C]-sized arithmetic were
+* batch norm's per-channel vectors, whose chains of [C]-sized arithmetic would be
   re-evaluated for every pixel (``batch_norm_relu._per_channel``);
-* the max-pool's argmax, whose tournament was recomputed by every backward fusion
-  that reads the pooled gradient, 16 times over behind a Winograd layer
+* the max-pool's argmax, whose tournament would be recomputed by every backward
+  fusion that reads the pooled gradient, 16 times over behind a Winograd layer
   (``max_pool.max_pool_2x2(..., store_index=True)``).
 
 The output of a reduction is not fused into its consumers, so ``materialized(v)``
@@ -15,7 +15,7 @@ is ``v`` written as the sum over an axis of ``[v, 0]``. It is the identity, a
 linear map that is its own transpose, and it is declared so (``linear_map``):
 its tangents and cotangents, of every order, are ``materialized`` too. (JAX's own
 transpose of that sum would be a broadcast and a slice, which XLA removes; a
-tangent written as another reduction, ``sum_k m_k broadcast(dv)_k``, had XLA
+tangent written as another reduction, ``sum_k m_k broadcast(dv)_k``, lets XLA
 move its broadcast into the producer's reduction and compute that twice.)
 """
 

@@ -70,7 +70,7 @@ def max_pool_2x2(x: jax.Array, store_index: bool = False) -> jax.Array:
   corners) differentiate by comparing each input with the max for equality; on
   XLA:CPU, under ``jit(grad(vmap(...)))`` with the im2col convolution, that
   comparison can see values that XLA recomputed with different rounding, and
-  layer-1 gradients came out wrong
+  layer-1 gradients come out wrong
   (tests/test_models.py::test_jit_grad_under_vmap_equals_eager_grad). Here the
   index is computed once, so each window's derivative comes from exactly one
   element.
@@ -80,7 +80,7 @@ def max_pool_2x2(x: jax.Array, store_index: bool = False) -> jax.Array:
   redo it in each: behind a Winograd layer, whose backward pass reads that
   gradient 16 times, storing it pays; behind im2col, with one reader, it is an
   extra pass with nothing saved, so conv-4 stores it only for Winograd
-  (``CpuConv4``; docs in README, "Performance").
+  (``CpuConv4``; docs/performance.md has the measurements).
   """
   return _max_pool_forward(x, store_index)[0]
 

@@ -43,10 +43,9 @@ WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0
 # Below this many input channels (the image layer: 1 or 3) the 16 products are too
 # thin to pay for the transforms; conv4 uses im2col there.
 WINOGRAD_MIN_CHANNELS = 16
-# Nor below this many 2x2 tiles, B * ceil(H/2) * ceil(W/2): forward and backward
-# on 2 cores (64 channels), im2col won at 320, 1280 and 1440 tiles ([80, 3, 3],
-# [80, 7, 7], [360, 3, 3]), tied at 720 and Winograd won from 2000 ([80, 10, 10]:
-# 11.7 ms against 15.9) to 35280 ([80, 21, 21]: 40 ms against 79).
+# Nor below this many 2x2 tiles, B * ceil(H/2) * ceil(W/2): with few tiles the 16
+# products are too short to pay for the transforms and im2col's one product wins
+# (docs/performance.md has the measurements).
 WINOGRAD_MIN_TILES = 2000
 
 
@@ -166,8 +165,8 @@ def _kernel_transform_1d_adjoint(d: Sequence[jax.Array]) -> list[jax.Array]:
 def _kernel_tiles(kernel: jax.Array) -> list[jax.Array]:
   """U = G k G^T: [3, 3, C_in, C_out] -> 16 arrays [C_in, C_out], position p = 4 * row + col.
 
-  Written as adds on the [C_in, C_out] slices: as an einsum with G, XLA:CPU ran
-  two thin matmuls of 0.4-0.5 ms each for this 150 kB kernel.
+  Written as adds on the [C_in, C_out] slices: as an einsum with G, XLA:CPU runs
+  it as two thin matmuls, which cost more than the adds on so small a kernel.
   """
   rows = _kernel_transform_1d([kernel[i] for i in range(3)])  # Each [3, C_in, C_out].
   return [u for row in rows for u in _kernel_transform_1d([row[j] for j in range(3)])]
