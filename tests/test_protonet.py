@@ -27,7 +27,7 @@ def numpy_protonet(support, support_labels, query, query_labels, n_way, distance
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-def test_query_logits_and_loss_match_numpy(distance):
+def test_query_log_probs_and_loss_match_numpy(distance):
   rng = np.random.default_rng(0)
   n_way, k_shot, n_query, dim = 4, 3, 2, 7
   # Shuffled support order: prototypes must not rely on class-major layout.
@@ -35,9 +35,10 @@ def test_query_logits_and_loss_match_numpy(distance):
   query_labels = np.repeat(np.arange(n_way), n_query)
   support = rng.normal(size=(n_way * k_shot, dim)).astype(np.float32)
   query = rng.normal(size=(n_way * n_query, dim)).astype(np.float32)
-  logits = protonet.query_logits(support, support_labels, query, n_way, distance, 3.0)
-  loss = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(query)), query_labels])
-  accuracy = jnp.mean(jnp.argmax(logits, 1) == query_labels)
+  log_probs = protonet.query_log_probs(support, support_labels, query, n_way, distance, 3.0)
+  np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, rtol=1e-6)
+  loss = -jnp.mean(log_probs[jnp.arange(len(query)), query_labels])
+  accuracy = jnp.mean(jnp.argmax(log_probs, 1) == query_labels)
   ref_loss, ref_accuracy = numpy_protonet(
     support, support_labels, query, query_labels, n_way, distance, 3.0
   )

@@ -39,16 +39,12 @@ in every block, as in the paper.
 
 from __future__ import annotations
 
-import functools
-
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fsl_jax.algorithms import metric_episode
 from fsl_jax.algorithms.distances import similarity_logits
-from fsl_jax.data.episodes import Episode
 
 
 def class_log_probs(logits: jax.Array, support_labels: jax.Array, n_way: int) -> jax.Array:
@@ -83,35 +79,9 @@ def query_log_probs(
   return class_log_probs(logits, support_labels, n_way)
 
 
-def episode_loss(
-  model: nn.Module,
-  params,
-  batch_stats,
-  episode: Episode,
-  *,
-  n_way: int,
-  train: bool,
-  distance: str = "cosine",
-  cosine_scale: float = 10.0,
-):
-  """Matching Networks' loss of one episode: ``metric_episode.episode_loss`` with attention.
-
-  Args:
-    model: a ``MatchingEmbedding``: uint8 images [S+Q, H, W, C] -> [S+Q, D]; it
-      is told S, so that FCE embeds the support set and the queries differently.
-    params, batch_stats: the model's variables.
-    episode: support [N*K, H, W, C], query [N*Q, H, W, C] and their labels.
-    n_way: N, static.
-    train: batch norm uses batch statistics (and updates its averages) if True.
-    distance: "cosine" or "euclidean".
-    cosine_scale: s in c = s * cos.
-
-  Returns:
-    (loss, (metrics, new_batch_stats)) as ``metric_episode.episode_loss``.
-  """
-  log_probs = functools.partial(
-    query_log_probs, n_way=n_way, distance=distance, cosine_scale=cosine_scale
-  )
-  return metric_episode.episode_loss(
-    model, params, batch_stats, episode, log_probs, train=train, n_support=episode.support.shape[0]
-  )
+# (model, params, batch_stats, episode, *, n_way, train, distance, cosine_scale)
+#   -> (loss, (metrics, new_batch_stats)): see metric_episode.episode_loss. The
+# model is a ``MatchingEmbedding``, told the support size for FCE.
+episode_loss = metric_episode.episode_loss_of(
+  query_log_probs, distance="cosine", tell_model_support_size=True
+)

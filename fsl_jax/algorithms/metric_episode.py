@@ -15,6 +15,7 @@ and a query is predicted as argmax_n log p(y = n | x, S).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -90,3 +91,40 @@ def episode_loss(
   loss = -jnp.mean(jnp.take_along_axis(log_probs, episode.query_labels[:, None], axis=-1))
   metrics = query_metrics(loss, log_probs, episode.query_labels, train)
   return loss, (metrics, batch_stats)
+
+
+def episode_loss_of(query_log_probs: Callable, *, distance: str, tell_model_support_size: bool):
+  """The episode loss of the algorithm whose posterior is ``query_log_probs``.
+
+  Args:
+    query_log_probs: (support [N*K, D], support_labels [N*K], query [N*Q, D],
+      n_way, distance, cosine_scale) -> log p(y = n | x, S) [N*Q, N].
+    distance: the algorithm's default similarity, "euclidean" or "cosine".
+    tell_model_support_size: call the model with ``n_support=N*K`` (Full Context
+      Embeddings embed the support set and the queries differently).
+
+  Returns:
+    ``episode_loss(model, params, batch_stats, episode, *, n_way, train,
+    distance, cosine_scale) -> (loss, (metrics, new_batch_stats))``, as
+    ``episode_loss`` above; n_way is static, and cosine_scale is s in c = s * cos.
+  """
+  default_distance = distance
+
+  def algorithm_episode_loss(
+    model: nn.Module,
+    params,
+    batch_stats,
+    episode: Episode,
+    *,
+    n_way: int,
+    train: bool,
+    distance: str = default_distance,
+    cosine_scale: float = 10.0,
+  ):
+    log_probs = functools.partial(
+      query_log_probs, n_way=n_way, distance=distance, cosine_scale=cosine_scale
+    )
+    apply_kwargs = {"n_support": episode.support.shape[0]} if tell_model_support_size else {}
+    return episode_loss(model, params, batch_stats, episode, log_probs, train=train, **apply_kwargs)
+
+  return algorithm_episode_loss
