@@ -103,7 +103,7 @@ def restore_best(
   """The best (else latest) checkpoint of ``workdir`` and the algorithm it belongs to."""
   directory = check_workdir(workdir)
   model, algorithm = make_algorithm(config)
-  tx = make_optimizer(config.optim, config.train.meta_batch_size)
+  tx = make_optimizer(config)
   state = create_train_state(
     model, tx, jnp.asarray(example_images), config.seed, algorithm.init_params
   )

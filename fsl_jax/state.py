@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from fsl_jax.errors import ConfigError
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -54,18 +56,34 @@ def create_train_state(
   )
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, meta_batch_size: int, lr_scale: float = 1.0):
-  """Adam whose learning rate is multiplied by ``decay_rate`` every ``decay_every_episodes``.
+OPTIMIZERS = ("adam", "sgd")
 
-  Snell et al.: lr 1e-3, halved every 2000 episodes. The schedule counts steps,
-  so the interval is divided by the meta-batch size. ``lr_scale`` multiplies the
-  whole schedule (divergence restarts lower it); the optimiser state's structure
-  does not depend on it, so a checkpoint restores under any scale.
+
+def make_optimizer(config: ml_collections.ConfigDict, lr_scale: float = 1.0):
+  """The meta-optimiser of ``config.optim``: Adam or SGD, with a step-size schedule.
+
+  * ``optim.name``: "adam" (every algorithm but Reptile) or "sgd" (Reptile's
+    meta-step, theta <- theta - epsilon * (theta - mean phi)).
+  * The schedule multiplies the rate by ``decay_rate`` every
+    ``decay_every_episodes`` (Snell et al.: 1e-3, halved every 2000 episodes; the
+    interval counts episodes, so it is divided by the meta-batch size), and, with
+    ``anneal_to_zero``, also by 1 - step / num_steps (Nichol et al.'s linear
+    annealing of the meta-step to 0).
+  * ``lr_scale`` multiplies the whole schedule (divergence restarts lower it); the
+    optimiser state's structure does not depend on it, so a checkpoint restores
+    under any scale.
   """
-  schedule = optax.exponential_decay(
+  optim, train = config.optim, config.train
+  if optim.name not in OPTIMIZERS:
+    raise ConfigError(f"config.optim.name must be one of {OPTIMIZERS}, got {optim.name!r}.")
+  decay = optax.exponential_decay(
     optim.learning_rate * lr_scale,
-    transition_steps=max(1, optim.decay_every_episodes // meta_batch_size),
+    transition_steps=max(1, optim.decay_every_episodes // train.meta_batch_size),
     decay_rate=optim.decay_rate,
     staircase=True,
   )
-  return optax.adam(schedule)
+  schedule = decay
+  if optim.anneal_to_zero:
+    anneal = optax.linear_schedule(1.0, 0.0, transition_steps=max(1, train.num_steps))
+    schedule = lambda step: decay(step) * anneal(step)
+  return optax.adam(schedule) if optim.name == "adam" else optax.sgd(schedule)

@@ -179,7 +179,7 @@ def train(experiment: Experiment, lr_scale: float, sigterm: SigtermFlag) -> Trai
     Preempted: SIGTERM arrived; a checkpoint was saved first.
   """
   config = experiment.config
-  tx = make_optimizer(config.optim, config.train.meta_batch_size, lr_scale)
+  tx = make_optimizer(config, lr_scale)
   state = experiment.latest_or_fresh_state(tx)
   train_step = make_train_step(
     experiment.algorithm.loss, tx, config.train.n_way, experiment.mesh, config.cpu_matmuls

@@ -36,7 +36,7 @@ def small_config(data_dir, manual_dir):
 
 def fresh_state(config, seed):
   model, algorithm = make_algorithm(config)
-  tx = make_optimizer(config.optim, config.train.meta_batch_size)
+  tx = make_optimizer(config)
   example = jnp.zeros((5, 28, 28, 1), jnp.uint8)
   return create_train_state(model, tx, example, seed, algorithm.init_params), algorithm
 

@@ -33,7 +33,7 @@ def write_workdir(path, config, results, curves=True, checkpoint=False):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   if checkpoint:
     model, algorithm = make_algorithm(config)
-    tx = make_optimizer(config.optim, config.train.meta_batch_size)
+    tx = make_optimizer(config)
     example = jnp.zeros((5, 28, 28, 1), jnp.uint8)
     state = create_train_state(model, tx, example, 0, algorithm.init_params)
     checkpoints = Checkpoints(str(path))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
-from fsl_jax.algorithms import maml, matching, protonet
+from fsl_jax.algorithms import imaml, maml, matching, protonet
 from fsl_jax.errors import ConfigError
 from fsl_jax.models import make_model
 from fsl_jax.models.fce import MatchingEmbedding
@@ -81,7 +81,9 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
         f"config.eval.n_way must be the same (got {config.eval.n_way})."
       )
     model = make_model(config.model, num_outputs=config.train.n_way, per_task_weights=True)
-    settings = maml.MamlSettings(**config.maml.to_dict())
+    settings = maml.MamlSettings(
+      **config.maml.to_dict(), imaml=imaml.ImamlSettings(**config.imaml.to_dict())
+    )
 
     def maml_loss(params, batch_stats, episode, rng, *, n_way, train, step):
       del rng, n_way  # Deterministic; n_way is fixed by the head.

@@ -43,6 +43,10 @@ query set for the meta-loss). Running averages are never used, and batch_stats
 pass through unchanged. The batch-norm scale and offset are adapted like every
 other parameter.
 
+``meta_gradient="implicit"`` replaces the unrolled inner loop by iMAML's
+regularised inner solve and its implicit meta-gradient (``imaml.py``);
+``first_order`` then takes d phi* / d theta = I, as it takes d theta_S / d theta = I here.
+
 Meta-params are ``{"model": theta}``, plus ``"inner_lr": alpha`` with Meta-SGD.
 """
 
@@ -56,7 +60,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fsl_jax.algorithms import imaml
 from fsl_jax.data.episodes import Episode
+from fsl_jax.errors import ConfigError
+
+META_GRADIENTS = ("unrolled", "implicit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +81,20 @@ class MamlSettings:
   anil: bool = False
   multi_step_loss: bool = False
   msl_anneal_steps: int = 10_000
+  meta_gradient: str = "unrolled"  # Or "implicit" (iMAML, with ``imaml``).
+  imaml: imaml.ImamlSettings = dataclasses.field(default_factory=imaml.ImamlSettings)
+
+  def __post_init__(self):
+    if self.meta_gradient not in META_GRADIENTS:
+      raise ConfigError(
+        f"config.maml.meta_gradient must be one of {META_GRADIENTS}, got {self.meta_gradient!r}."
+      )
+    if self.meta_gradient == "implicit" and (self.meta_sgd or self.multi_step_loss):
+      raise ConfigError(
+        "config.maml.meta_gradient=implicit depends on the inner solution alone, so it has no "
+        "gradient for Meta-SGD's rates or MAML++'s per-step losses: set "
+        "config.maml.meta_sgd=False and config.maml.multi_step_loss=False."
+      )
 
 
 def init_meta_params(model_params, settings: MamlSettings) -> dict:
@@ -149,6 +171,57 @@ def multi_step_weights(num_steps: int, train_step: jax.Array, anneal_steps: int)
   return (1.0 - progress) * uniform + progress * last
 
 
+def adapt(
+  support_loss,
+  meta_params: dict,
+  settings: MamlSettings,
+  num_steps: int,
+  first_order: bool,
+  per_step_fn=None,
+):
+  """theta -> the adapted params: unrolled (``inner_adapt``) or implicit (``imaml``).
+
+  Args:
+    support_loss: params -> scalar support loss.
+    meta_params: {"model": theta} (+ "inner_lr" with Meta-SGD).
+    settings: MAML hyperparameters.
+    num_steps: inner steps (static).
+    first_order: d adapted / d theta = I.
+    per_step_fn: as in ``inner_adapt`` (unrolled only).
+
+  Returns:
+    (adapted params, stacked per_step_fn outputs or None).
+  """
+  theta, rates = meta_params["model"], inner_learning_rates(meta_params, settings)
+  # ANIL adapts the head alone: the inner loop's params are the head, with the body
+  # fixed inside the losses, so no inner gradient is taken (or differentiated) for it.
+  adapts = (lambda head: {**theta, "head": head}) if settings.anil else (lambda p: p)
+  inner_params = theta["head"] if settings.anil else theta
+  inner_loss = lambda p: support_loss(adapts(p))
+  if settings.meta_gradient == "implicit":
+    adapted = imaml.implicit_adapt(
+      inner_loss,
+      inner_params,
+      settings=settings.imaml,
+      inner_lr=settings.inner_lr,
+      num_steps=num_steps,
+      unroll=settings.unroll,
+      first_order=first_order,
+    )
+    return adapts(adapted), None
+  adapted, per_step = inner_adapt(
+    inner_loss,
+    inner_params,
+    rates["head"] if settings.anil else rates,
+    num_steps,
+    first_order=first_order,
+    remat=settings.remat,
+    unroll=settings.unroll and not settings.remat,
+    per_step_fn=(lambda p: per_step_fn(adapts(p))) if per_step_fn is not None else None,
+  )
+  return adapts(adapted), per_step
+
+
 def episode_loss(
   model: nn.Module,
   meta_params: dict,
@@ -191,21 +264,14 @@ def episode_loss(
 
   num_steps = settings.inner_steps if train else settings.test_inner_steps
   use_msl = train and settings.multi_step_loss and num_steps > 0
-  theta, rates = meta_params["model"], inner_learning_rates(meta_params, settings)
-  # ANIL adapts the head alone: the inner loop's params are the head, with the body
-  # fixed inside the losses, so no inner gradient is taken (or differentiated) for it.
-  adapts = (lambda head: {**theta, "head": head}) if settings.anil else (lambda p: p)
-  adapted, per_step_losses = inner_adapt(
-    lambda p: support_loss(adapts(p)),
-    theta["head"] if settings.anil else theta,
-    rates["head"] if settings.anil else rates,
+  adapted, per_step_losses = adapt(
+    support_loss,
+    meta_params,
+    settings,
     num_steps,
     first_order=settings.first_order or not train,
-    remat=settings.remat,
-    unroll=settings.unroll and not settings.remat,
-    per_step_fn=(lambda p: query_loss(adapts(p))) if use_msl else None,
+    per_step_fn=query_loss if use_msl else None,
   )
-  adapted = adapts(adapted)
   query_logits = logits(adapted, episode.query)  # [N*Q, N]
   final_loss = cross_entropy(query_logits, episode.query_labels)
   if use_msl:

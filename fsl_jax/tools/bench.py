@@ -176,7 +176,7 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
   mesh = sharding.make_mesh()
   model, algorithm = make_algorithm(config)
   size = config.train.meta_batch_size
-  tx = make_optimizer(config.optim, size)
+  tx = make_optimizer(config)
   example = jnp.asarray(sampler.episode(0).support)
   state = create_train_state(model, tx, example, 0, algorithm.init_params)
   state = jax.device_put(state, sharding.replicated(mesh))
