@@ -217,3 +217,21 @@ def test_implicit_settings_that_have_no_implicit_gradient_are_config_errors():
       maml.MamlSettings(meta_gradient="implicit", **{switch: True})
   with pytest.raises(ConfigError, match=r"config\.maml\.meta_gradient"):
     maml.MamlSettings(meta_gradient="implict")
+
+
+def test_imaml_trains_with_one_compile_per_step_function(
+  tmp_path, omniglot_small_data_dir, omniglot_manual_dir
+):
+  from test_train_end_to_end import run_recording_steps
+
+  from configs import imaml_omniglot5w1s
+
+  config = imaml_omniglot5w1s.get_config("quick")
+  config.data.split = "small"
+  config.data.data_dir = str(omniglot_small_data_dir)
+  config.data.manual_dir = str(omniglot_manual_dir)
+  config.maml.inner_steps = config.maml.test_inner_steps = 2
+  results, steps = run_recording_steps(config, tmp_path)
+  assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1
+  assert results["config"]["maml"]["meta_gradient"] == "implicit"
+  assert results["test"]["episodes"] == 20

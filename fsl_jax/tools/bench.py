@@ -85,6 +85,8 @@ WORKLOADS = {
     Workload("proto_mini_30w1s", "proto_mini5w1s"),
     # The reference code's benchmark setting: 5 queries per class (the config trains with 15).
     Workload("maml_mini_5w1s", "maml_mini5w1s", (("train.n_query", 5),)),
+    Workload("imaml_omniglot_5w1s", "imaml_omniglot5w1s"),
+    Workload("imaml_mini_5w1s", "imaml_mini5w1s", (("train.n_query", 5),)),
     Workload("sampler_omniglot", "proto_omniglot5w1s", sampler_only=True),
     Workload("sampler_mini", "matching_mini5w5s", sampler_only=True),
   ]
