@@ -302,6 +302,125 @@ def imaml_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
   return config
 
 
+def set_reptile(
+  config: ml_collections.ConfigDict,
+  *,
+  inner_lr: float,
+  inner_steps: int,
+  test_inner_steps: int,
+  inner_batch_size: int,
+  test_inner_batch_size: int,
+  meta_batch_size: int,
+  num_steps: int,
+) -> ml_collections.ConfigDict:
+  """Reptile settings (Nichol et al. 2018): Adam (beta1 = 0) inside, annealed SGD outside.
+
+  The inner loop takes ``inner_steps`` Adam steps at ``inner_lr`` on minibatches of
+  ``inner_batch_size`` support images (``test_*`` at evaluation); the meta-step is
+  SGD on theta - mean(phi) with step size 1 annealed linearly to 0 over
+  ``num_steps`` (their --meta-step 1 --meta-step-final 0). See
+  fsl_jax/algorithms/reptile.py.
+  """
+  config.algorithm = "reptile"
+  config.reptile = ml_collections.ConfigDict(
+    dict(
+      inner_lr=inner_lr,
+      inner_steps=inner_steps,
+      test_inner_steps=test_inner_steps,
+      inner_batch_size=inner_batch_size,
+      test_inner_batch_size=test_inner_batch_size,
+      inner_optimizer="adam",
+    )
+  )
+  config.train.meta_batch_size = meta_batch_size
+  config.train.num_steps = num_steps
+  config.optim.name = "sgd"
+  config.optim.learning_rate = 1.0
+  config.optim.anneal_to_zero = True
+  config.optim.decay_rate = 1.0  # Only the linear annealing.
+  config.train.log_every = 100
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 1000
+  config.eval.val_episodes = 200
+  return config
+
+
+def reptile_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """Reptile on Omniglot with Nichol et al. (2018)'s settings.
+
+  From the authors' commands (openai/supervised-reptile, README.md, "commands used
+  for the paper") and the paper's Appendix A: 5-way: Adam lr 0.001
+  (--learning-rate), inner batch 10 (--inner-batch), 5 inner steps (--inner-iters),
+  100K meta-steps (--meta-iters); 20-way: lr 0.0005, inner batch 20, 10 inner steps,
+  200K meta-steps. Both: 10 training shots per class (--train-shots), meta-batch 5
+  (--meta-batch), meta-step 1 annealed to 0 (--meta-step 1 --meta-step-final 0),
+  50 inner steps at test (--eval-iters) on minibatches of 5 (5-way) or 10 (20-way)
+  (--eval-batch). Training episodes have 1 query per class (for the metrics only);
+  test episodes are n_way k_shot with 15 queries, 1000 of them. The model is the
+  strided conv-4 of the MAML Omniglot configs (the authors' code flattens the last
+  2x2 feature map where this takes its mean).
+  """
+  words = parse_arg(arg)
+  config = get_base_config()
+  five_way = n_way == 5
+  set_reptile(
+    config,
+    inner_lr=0.001 if five_way else 0.0005,
+    inner_steps=5 if five_way else 10,
+    test_inner_steps=50,
+    inner_batch_size=10 if five_way else 20,
+    test_inner_batch_size=5 if five_way else 10,
+    meta_batch_size=5,
+    num_steps=100_000 if five_way else 200_000,
+  )
+  config.model.downsample = "stride"
+  config.train.n_way, config.train.k_shot, config.train.n_query = n_way, 10, 1
+  config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
+  config.eval.test_episodes = 1000
+  # Per-task products on Omniglot run faster in Eigen on XLA:CPU, as for MAML.
+  config.cpu_matmuls = "eigen"
+  if "quick" in words:
+    make_quick(config)
+    config.train.meta_batch_size = 2
+  return config
+
+
+def reptile_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
+  """Reptile on miniImageNet, 5-way, with Nichol et al. (2018)'s settings.
+
+  From the authors' commands (openai/supervised-reptile, README.md) and the
+  paper's Appendix A: Adam lr 0.001 (--learning-rate), inner batch 10
+  (--inner-batch), 8 inner steps (--inner-iters), 15 training shots per class
+  (--train-shots), meta-batch 5 (--meta-batch), 100K meta-steps (--meta-iters),
+  meta-step 1 annealed to 0 (--meta-step 1 --meta-step-final 0); 50 inner steps at
+  test (--eval-iters) on minibatches of 5 (1-shot) or 15 (5-shot) (--eval-batch).
+  conv-4 with 32 filters and max-pooling, as maml_mini (the authors' code pools
+  before batch norm, with 'SAME' padding); 1 query per class in training, 15 at
+  test; 600 test episodes.
+  """
+  words = parse_arg(arg)
+  config = get_base_config()
+  set_mini_imagenet(config)
+  set_reptile(
+    config,
+    inner_lr=0.001,
+    inner_steps=8,
+    test_inner_steps=50,
+    inner_batch_size=10,
+    test_inner_batch_size=5 if k_shot == 1 else 15,
+    meta_batch_size=5,
+    num_steps=100_000,
+  )
+  config.model.filters = 32
+  config.train.n_way, config.train.k_shot, config.train.n_query = 5, 15, 1
+  config.eval.n_way, config.eval.k_shot, config.eval.n_query = 5, k_shot, 15
+  config.eval.test_episodes = 600
+  if "quick" in words:
+    make_quick(config)
+    config.train.meta_batch_size = 2
+  return config
+
+
 MATCHING_WORDS = ("quick", "cosine", "euclidean", "fce", "no_fce")
 
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
-from fsl_jax.algorithms import imaml, maml, matching, protonet
+from fsl_jax.algorithms import imaml, maml, matching, protonet, reptile
 from fsl_jax.errors import ConfigError
 from fsl_jax.models import make_model
 from fsl_jax.models.fce import MatchingEmbedding
 
 DISTANCES = ("cosine", "euclidean")
-ALGORITHMS = ("protonet", "matching", "maml")
+ALGORITHMS = ("protonet", "matching", "maml", "reptile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +75,7 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
     )
 
   if config.algorithm == "maml":
-    if config.eval.n_way != config.train.n_way:
-      raise ConfigError(
-        f"MAML's head has config.train.n_way = {config.train.n_way} outputs, so "
-        f"config.eval.n_way must be the same (got {config.eval.n_way})."
-      )
+    check_same_n_way(config, "MAML")
     model = make_model(config.model, num_outputs=config.train.n_way, per_task_weights=True)
     settings = maml.MamlSettings(
       **config.maml.to_dict(), imaml=imaml.ImamlSettings(**config.imaml.to_dict())
@@ -93,7 +89,35 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
 
     return model, Algorithm(maml_loss, lambda params: maml.init_meta_params(params, settings))
 
+  if config.algorithm == "reptile":
+    check_same_n_way(config, "Reptile")
+    model = make_model(config.model, num_outputs=config.train.n_way, per_task_weights=True)
+    settings = reptile.ReptileSettings(**config.reptile.to_dict())
+    reptile.check_inner_batch(
+      settings.inner_batch_size, config.train.n_way * config.train.k_shot, train=True
+    )
+    reptile.check_inner_batch(
+      settings.test_inner_batch_size, config.eval.n_way * config.eval.k_shot, train=False
+    )
+
+    def reptile_loss(params, batch_stats, episode, rng, *, n_way, train, step):
+      del n_way, step  # n_way is fixed by the head; no schedule.
+      return reptile.episode_loss(
+        model, params, batch_stats, episode, rng, settings=settings, train=train
+      )
+
+    return model, Algorithm(reptile_loss, lambda params: params)
+
   raise ConfigError(f"config.algorithm must be one of {ALGORITHMS}, got {config.algorithm!r}.")
+
+
+def check_same_n_way(config: ml_collections.ConfigDict, name: str) -> None:
+  """MAML and Reptile adapt a linear head of train.n_way outputs: eval must match it."""
+  if config.eval.n_way != config.train.n_way:
+    raise ConfigError(
+      f"{name}'s head has config.train.n_way = {config.train.n_way} outputs, so "
+      f"config.eval.n_way must be the same (got {config.eval.n_way})."
+    )
 
 
 def check_matching_settings(settings: ml_collections.ConfigDict) -> None:
