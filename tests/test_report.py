@@ -13,7 +13,7 @@ from fsl_jax.algorithms import make_algorithm
 from fsl_jax.errors import FslError
 from fsl_jax.runtime.checkpointing import Checkpoints
 from fsl_jax.state import create_train_state, make_optimizer
-from fsl_jax.tools import plots, report
+from fsl_jax.tools import plots, published, report
 
 
 def episode_result(accuracy, ci95, n_way, k_shot, episodes=1000):
@@ -195,3 +195,28 @@ def test_episodes_come_from_a_tested_run_and_a_train_only_run_alone_names_the_fi
     [minimal, str(out.parent / "proto")], out=str(out.parent / "both"), episodes=True
   )
   assert os.path.isfile(paths["episodes"])
+
+
+def test_each_meta_gradient_is_compared_with_its_own_published_figures():
+  from configs import imaml_omniglot5w1s, reptile_omniglot5w1s
+
+  labels = {}
+  for name, module in [
+    ("maml", maml_omniglot5w1s),
+    ("imaml", imaml_omniglot5w1s),
+    ("reptile", reptile_omniglot5w1s),
+  ]:
+    config = module.get_config().to_dict()
+    labels[name] = published.algorithm_label(config)
+    config.setdefault("maml", {})["first_order"] = True
+    labels[f"{name} first order"] = published.algorithm_label(config)
+  assert labels == {
+    "maml": "maml",
+    "maml first order": "maml_first_order",
+    "imaml": "imaml",
+    "imaml first order": "imaml_first_order",
+    "reptile": "reptile",
+    "reptile first order": "reptile",
+  }
+  assert published.published_accuracy("omniglot", "imaml", 5, 1) == 99.16
+  assert published.published_accuracy("omniglot", "imaml_first_order", 5, 1) is None
