@@ -203,6 +203,35 @@ def proto_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
   return make_quick(config) if "quick" in words else config
 
 
+def set_omniglot_adaptation(
+  config: ml_collections.ConfigDict, n_way: int, k_shot: int, *, train_shot: int, train_query: int
+) -> ml_collections.ConfigDict:
+  """Omniglot for the algorithms that adapt a network per task (MAML, iMAML, Reptile).
+
+  Finn et al.'s Omniglot conv-4 (stride-2 convolutions and a spatial mean instead
+  of max-pooling); training episodes n_way train_shot-shot with train_query
+  queries per class; test episodes n_way k_shot with 15 queries, 1000 of them.
+  """
+  config.model.downsample = "stride"
+  config.train.n_way, config.train.k_shot, config.train.n_query = n_way, train_shot, train_query
+  config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
+  config.eval.test_episodes = 1000
+  # Per-task products on Omniglot run faster in Eigen than in YNNPACK on XLA:CPU
+  # (docs/performance.md has the measurements); ignored on GPU and TPU.
+  config.cpu_matmuls = "eigen"
+  return config
+
+
+def quick_adaptation(
+  config: ml_collections.ConfigDict, words: set[str], *, meta_batch_size: int
+) -> ml_collections.ConfigDict:
+  """``:quick`` for MAML, iMAML and Reptile: make_quick with a small meta-batch."""
+  if "quick" in words:
+    make_quick(config)
+    config.train.meta_batch_size = meta_batch_size
+  return config
+
+
 def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
   """MAML on Omniglot with Finn et al. (2017)'s settings.
 
@@ -223,17 +252,8 @@ def maml_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections.Co
     test_inner_steps=3,
     meta_batch_size=32 if five_way else 16,
   )
-  config.model.downsample = "stride"
-  config.train.n_way, config.train.k_shot, config.train.n_query = n_way, k_shot, k_shot
-  config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
-  config.eval.test_episodes = 1000
-  # Per-task products of MAML on Omniglot run faster in Eigen than in YNNPACK on
-  # XLA:CPU (docs/performance.md has the measurements); ignored on GPU and TPU.
-  config.cpu_matmuls = "eigen"
-  if "quick" in words:
-    make_quick(config)
-    config.train.meta_batch_size = 4
-  return config
+  set_omniglot_adaptation(config, n_way, k_shot, train_shot=k_shot, train_query=k_shot)
+  return quick_adaptation(config, words, meta_batch_size=4)
 
 
 def maml_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
@@ -253,10 +273,7 @@ def maml_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
   for section in (config.train, config.eval):
     section.n_way, section.k_shot, section.n_query = 5, k_shot, 15
   config.eval.test_episodes = 600
-  if "quick" in words:
-    make_quick(config)
-    config.train.meta_batch_size = 2
-  return config
+  return quick_adaptation(config, words, meta_batch_size=2)
 
 
 def set_imaml(config: ml_collections.ConfigDict, *, inner_steps: int) -> ml_collections.ConfigDict:
@@ -373,16 +390,8 @@ def reptile_omniglot(n_way: int, k_shot: int, arg: str | None) -> ml_collections
     meta_batch_size=5,
     num_steps=100_000 if five_way else 200_000,
   )
-  config.model.downsample = "stride"
-  config.train.n_way, config.train.k_shot, config.train.n_query = n_way, 10, 1
-  config.eval.n_way, config.eval.k_shot, config.eval.n_query = n_way, k_shot, 15
-  config.eval.test_episodes = 1000
-  # Per-task products on Omniglot run faster in Eigen on XLA:CPU, as for MAML.
-  config.cpu_matmuls = "eigen"
-  if "quick" in words:
-    make_quick(config)
-    config.train.meta_batch_size = 2
-  return config
+  set_omniglot_adaptation(config, n_way, k_shot, train_shot=10, train_query=1)
+  return quick_adaptation(config, words, meta_batch_size=2)
 
 
 def reptile_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
@@ -415,10 +424,7 @@ def reptile_mini(k_shot: int, arg: str | None) -> ml_collections.ConfigDict:
   config.train.n_way, config.train.k_shot, config.train.n_query = 5, 15, 1
   config.eval.n_way, config.eval.k_shot, config.eval.n_query = 5, k_shot, 15
   config.eval.test_episodes = 600
-  if "quick" in words:
-    make_quick(config)
-    config.train.meta_batch_size = 2
-  return config
+  return quick_adaptation(config, words, meta_batch_size=2)
 
 
 MATCHING_WORDS = ("quick", "cosine", "euclidean", "fce", "no_fce")
