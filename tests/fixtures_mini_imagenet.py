@@ -6,6 +6,10 @@ is a smooth pattern that identifies its (class, index), saved as a JPEG of any
 size. ``expected`` holds what the builder must store: the JPEG decoded and, if its
 size is not 84x84, resized with a Lanczos filter. The pickles hold exactly those
 pixels, so every layout must load to the same arrays.
+
+``pattern`` draws images whose classes have nothing in common, so nothing can be
+learnt from them; ``tinted_pattern`` draws images that a few-shot learner can learn
+to classify and an untrained one cannot, for end-to-end runs that must learn.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import csv
 import io
 import pickle
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +55,27 @@ def pattern(filename: str, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BILINEAR))
 
 
+def tinted_pattern(filename: str, size: tuple[int, int]) -> np.ndarray:
+  """[height, width, 3] uint8: a class's tint under an image's own brightness pattern.
+
+  Brightness: a smooth random pattern of each image (+-100 around 128), the same in
+  the three channels. Colour: the class's tint (+-30 per channel, summing to 0, so
+  brightness is untouched) plus a little per-image noise; the class is the file
+  name's first 9 characters (Ravi's names are the class id and a number). Untrained
+  conv features are dominated by the brightness pattern; features that learn to look
+  at colour differences (filters whose channel weights sum to 0) ignore it, and that
+  carries over to new classes, whose tints are new.
+  """
+  image_rng = np.random.default_rng(zlib.crc32(filename.encode()))
+  class_rng = np.random.default_rng(zlib.crc32(filename[:9].encode()))
+  brightness = image_rng.uniform(-100, 100, size=(6, 6, 1))
+  tint = class_rng.uniform(-1, 1, size=3)
+  tint = 30 * (tint - tint.mean())
+  noise = image_rng.normal(0, 4, size=3)
+  coarse = np.clip(128 + brightness + tint + noise - noise.mean(), 0, 255).astype(np.uint8)
+  return np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BILINEAR))
+
+
 def jpeg_bytes(pixels: np.ndarray) -> bytes:
   out = io.BytesIO()
   Image.fromarray(pixels).save(out, format="JPEG", quality=90)
@@ -70,8 +96,11 @@ def write_synthetic_mini_imagenet(
   images_per_class: int,
   layouts: tuple[str, ...] = LAYOUTS,
   jpeg_size: tuple[int, int] = (84, 84),
+  draw: Callable[[str, tuple[int, int]], np.ndarray] = pattern,
 ) -> dict[str, dict[str, np.ndarray]]:
   """Writes one folder per layout under ``root`` (``root/csv``, ``root/cache``, ...).
+
+  ``draw(file_name, jpeg_size)`` makes each image: ``pattern`` or ``tinted_pattern``.
 
   Returns:
     expected: split -> class id -> [images_per_class, 84, 84, 3] uint8.
@@ -87,7 +116,7 @@ def write_synthetic_mini_imagenet(
     for label, names in classes.items():
       images = []
       for name in names:
-        jpeg = jpeg_bytes(pattern(name, jpeg_size))
+        jpeg = jpeg_bytes(draw(name, jpeg_size))
         if "csv" in layouts:
           (csv_dir / "images" / name).write_bytes(jpeg)
         images.append(decoded(jpeg))
