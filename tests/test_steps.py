@@ -71,7 +71,10 @@ def test_eval_step_returns_one_value_per_episode_and_compiles_once():
   sampler, loss_fn, _, state, _ = setup()
   step = make_eval_step(loss_fn, N_WAY)
   for start in (0, 5):
-    metrics = step(state, sampler.episodes(start, 5))
+    episodes = sampler.episodes(start, 5)
+    metrics = step(state, episodes)
     assert metrics["accuracy"].shape == (5,)
-    assert np.all((metrics["accuracy"] >= 0) & (metrics["accuracy"] <= 1))
+    # Each episode's accuracy is the share of its queries predicted right.
+    right = np.asarray(metrics["predictions"]) == np.asarray(episodes.query_labels)
+    np.testing.assert_allclose(metrics["accuracy"], right.mean(axis=1), rtol=1e-6)
   assert step._cache_size() == 1
