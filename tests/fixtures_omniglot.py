@@ -95,3 +95,11 @@ def write_synthetic_omniglot_zip(
   if corrupt is not None and corrupt not in entries:
     raise ValueError(f"{corrupt} is not an entry of the zip")
   return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def on_small_split(config, data_dir, manual_dir):
+  """``config`` reading the real small Omniglot: split "small", the shared zips, a built copy."""
+  config.data.split = "small"
+  config.data.data_dir = str(data_dir)
+  config.data.manual_dir = str(manual_dir)
+  return config

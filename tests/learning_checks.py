@@ -51,3 +51,12 @@ def gradient_stopped():
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(train, "make_algorithm", broken)
     yield
+
+
+def assert_fails_with_gradient_stopped(config, workdir, threshold: float, room: float) -> None:
+  """The learning check can fail: ``config`` trained with its gradient cut stays below
+  ``threshold - room`` over the same test episodes."""
+  with gradient_stopped():
+    results = train.train_and_evaluate(config, str(workdir))
+  assert results["test"]["episodes"] == config.eval.test_episodes
+  assert results["test"]["accuracy"] < threshold - room, results["test"]

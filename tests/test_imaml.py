@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures_omniglot import on_small_split
 from jax.flatten_util import ravel_pytree
 
 from fsl_jax.algorithms import imaml, maml
@@ -226,10 +227,9 @@ def test_imaml_trains_with_one_compile_per_step_function(
 
   from configs import imaml_omniglot5w1s
 
-  config = imaml_omniglot5w1s.get_config("quick")
-  config.data.split = "small"
-  config.data.data_dir = str(omniglot_small_data_dir)
-  config.data.manual_dir = str(omniglot_manual_dir)
+  config = on_small_split(
+    imaml_omniglot5w1s.get_config("quick"), omniglot_small_data_dir, omniglot_manual_dir
+  )
   config.maml.inner_steps = config.maml.test_inner_steps = 2
   results, steps = run_recording_steps(config, tmp_path)
   assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1

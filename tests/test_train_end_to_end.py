@@ -15,7 +15,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from learning_checks import assert_learnt, gradient_stopped
+from fixtures_omniglot import on_small_split
+from learning_checks import assert_fails_with_gradient_stopped, assert_learnt
 
 from configs import maml_omniglot5w1s, proto_omniglot5w1s
 from fsl_jax import train
@@ -23,10 +24,7 @@ from fsl_jax.runtime.checkpointing import Checkpoints
 
 
 def quick_config(data_dir, manual_dir, num_steps):
-  config = proto_omniglot5w1s.get_config("quick")
-  config.data.split = "small"
-  config.data.data_dir = str(data_dir)
-  config.data.manual_dir = str(manual_dir)
+  config = on_small_split(proto_omniglot5w1s.get_config("quick"), data_dir, manual_dir)
   config.train.n_way = 20  # Smaller than 60 to keep the test fast.
   config.train.num_steps = num_steps
   return config
@@ -103,10 +101,7 @@ def test_protonets_learning_check_fails_with_the_gradient_stopped(
 ):
   """The check above can fail: the same run, untrained, stays below the threshold."""
   config = validated_once(learning_config(omniglot_small_data_dir, omniglot_manual_dir))
-  with gradient_stopped():
-    results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["test"]["episodes"] == 200
-  assert results["test"]["accuracy"] < PROTO_THRESHOLD - 0.1  # With room to spare.
+  assert_fails_with_gradient_stopped(config, tmp_path, PROTO_THRESHOLD, room=0.1)
 
 
 # MAML's learning run: second order, Finn et al.'s strided conv-4, meta-batch 4, 200 steps
@@ -119,10 +114,7 @@ MAML_THRESHOLD = 0.62
 
 
 def maml_learning_config(data_dir, manual_dir):
-  config = maml_omniglot5w1s.get_config("quick")
-  config.data.split = "small"
-  config.data.data_dir = str(data_dir)
-  config.data.manual_dir = str(manual_dir)
+  config = on_small_split(maml_omniglot5w1s.get_config("quick"), data_dir, manual_dir)
   config.train.num_steps = 200
   config.train.log_every = 50
   config.train.eval_every = config.train.checkpoint_every = 100
@@ -148,10 +140,7 @@ def test_maml_learning_check_fails_with_the_gradient_stopped(
 ):
   """The check above can fail: the same run with its meta-gradient cut stays below it."""
   config = validated_once(maml_learning_config(omniglot_small_data_dir, omniglot_manual_dir))
-  with gradient_stopped():
-    results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["test"]["episodes"] == 200
-  assert results["test"]["accuracy"] < MAML_THRESHOLD - 0.06  # With room to spare.
+  assert_fails_with_gradient_stopped(config, tmp_path, MAML_THRESHOLD, room=0.06)
 
 
 def test_results_json_schema_and_values(full_run):
