@@ -109,6 +109,7 @@ def reference(tmp_path_factory, omniglot_small_data_dir):
   return workdir, results
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_sigterm_and_sigkill_then_resume_bitwise(
   reference, tmp_path, omniglot_small_data_dir
 ):

@@ -81,7 +81,7 @@ def test_a_misspelt_choice_names_the_valid_ones():
 def _child(choice):
   code = (
     "import sys; print('start', flush=True);"
-    "from fsl_jax import host_allocator; host_allocator.reexec_with_fast_allocator();"
+    "from fsl_jax.runtime import host_allocator; host_allocator.reexec_with_fast_allocator();"
     "print(host_allocator.active(), sys.argv[1:])"
   )
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}

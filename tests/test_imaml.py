@@ -162,6 +162,7 @@ def tiny_episode(seed=0) -> Episode:
   )
 
 
+@pytest.mark.slow
 def test_cg_on_a_tiny_conv4_agrees_with_a_dense_solve():
   """grad_theta L_test(phi*) = (I + H / lambda)^-1 grad L_test(phi*), with H dense."""
   lam, damping = 2.0, 0.0
@@ -220,6 +221,7 @@ def test_implicit_settings_that_have_no_implicit_gradient_are_config_errors():
     maml.MamlSettings(meta_gradient="implict")
 
 
+@pytest.mark.slow
 def test_imaml_trains_with_one_compile_per_step_function(
   tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
@@ -231,6 +233,7 @@ def test_imaml_trains_with_one_compile_per_step_function(
     imaml_omniglot5w1s.get_config("quick"), omniglot_small_data_dir, omniglot_manual_dir
   )
   config.maml.inner_steps = config.maml.test_inner_steps = 2
+  config.model.filters, config.model.num_blocks = 8, 2  # Compiles faster; the count is tested.
   results, steps = run_recording_steps(config, tmp_path)
   assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1
   assert results["config"]["maml"]["meta_gradient"] == "implicit"

@@ -107,6 +107,7 @@ def test_scan_matches_an_independent_python_loop(first_order):
     assert_trees_close(scan_grads["model"], loop_grads, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_first_order_gradient_is_the_query_gradient_at_the_adapted_params():
   episode = make_episode(2)
   settings = maml.MamlSettings(inner_lr=0.3, inner_steps=2, first_order=True)
@@ -165,6 +166,7 @@ def test_remat_and_unroll_give_the_same_second_order_gradients():
     assert_trees_close(grads[0], other, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_remat_keeps_second_order_memory_flat():
   """XLA's scratch memory for the meta-gradient: grows with steps, unless remat."""
   episode = make_episode(5)
@@ -183,6 +185,7 @@ def test_remat_keeps_second_order_memory_flat():
   assert remat[1] < 1.5 * remat[0]  # Flat: only the params of each step.
 
 
+@pytest.mark.slow
 def test_meta_batch_gradient_is_the_mean_of_per_task_gradients():
   settings = maml.MamlSettings(inner_lr=0.3, inner_steps=2)
   episodes = [make_episode(10 + i) for i in range(4)]
@@ -241,6 +244,7 @@ def test_anil_adapts_only_the_head():
     assert moved == (name == "head"), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_order", [False, True])
 def test_anil_meta_gradient_equals_adapting_everything_at_zero_body_rate(first_order):
   """ANIL's head-only inner loop gives the meta-gradient of the full inner loop whose

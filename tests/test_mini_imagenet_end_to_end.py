@@ -79,6 +79,7 @@ def read_results(workdir: Path) -> dict:
   return json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_protonet_trains_30_way_and_learns_5_way(mini_dirs, tmp_path):
   manual_dir, data_dir = mini_dirs
   config = learning(proto_mini5w1s.get_config("quick"))
@@ -98,6 +99,7 @@ def test_protonet_trains_30_way_and_learns_5_way(mini_dirs, tmp_path):
   assert [r["step"] for r in rows if r["split"] == "train"] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow
 def test_maml_learns_from_the_command_line(mini_dirs, tmp_path):
   manual_dir, data_dir = mini_dirs
   workdir = tmp_path / "run"
@@ -133,6 +135,7 @@ def test_maml_learns_from_the_command_line(mini_dirs, tmp_path):
   assert_learnt(test, MAML_THRESHOLD)
 
 
+@pytest.mark.slow
 def test_matching_with_fce_learns(mini_dirs, tmp_path):
   manual_dir, data_dir = mini_dirs
   config = learning(matching_mini5w1s.get_config("quick"))

@@ -86,6 +86,7 @@ def test_linear_head_gives_n_way_logits():
   assert model.apply(variables, images, train=False).shape == (3, 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["xla", "im2col"])
 def test_jit_grad_under_vmap_equals_eager_grad(impl):
   """Regression: with reshape+max pooling, XLA:CPU got layer-1 gradients wrong here."""
@@ -169,6 +170,7 @@ def _window_comparisons_in_backward_fusions(hlo: str) -> int:
   return count
 
 
+@pytest.mark.slow
 def test_backward_pass_reads_the_stored_argmax_instead_of_recomputing_it():
   """The pool's argmax is computed once, in the forward pass. Were XLA free to fuse its
   tournament into the backward consumers, each of Winograd's 16 backward transforms
@@ -191,6 +193,7 @@ def test_backward_pass_reads_the_stored_argmax_instead_of_recomputing_it():
   assert _window_comparisons_in_backward_fusions(hlo) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["im2col"])  # "xla" shares every cast; it costs 12 s more.
 def test_bfloat16_compute_keeps_float32_params_and_outputs_and_matches_float32(impl):
   images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)

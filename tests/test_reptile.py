@@ -279,6 +279,7 @@ def test_reptile_configs_follow_nichol():
   assert (mini.reptile.inner_steps, mini.reptile.test_inner_batch_size) == (8, 15)
 
 
+@pytest.mark.slow
 def test_end_to_end_with_one_compile_per_step_function(
   tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
@@ -286,6 +287,7 @@ def test_end_to_end_with_one_compile_per_step_function(
     reptile_omniglot5w1s.get_config("quick"), omniglot_small_data_dir, omniglot_manual_dir
   )
   config.reptile.test_inner_steps = 5  # The compile count, not the adaptation, is tested.
+  config.model.filters, config.model.num_blocks = 8, 2
   results, steps = run_recording_steps(config, tmp_path)
   assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1
   test = results["test"]

@@ -4,6 +4,7 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fsl_jax.models.cpu.row_products import _dimension_numbers, matmul, matmul_nt, matmul_tn
 
@@ -28,6 +29,7 @@ def _meta(product):
   return lambda a, b: jnp.sum(jax.vmap(outer)(a, b))
 
 
+@pytest.mark.slow
 def test_values_and_derivatives_to_second_order_match_plain_products():
   rng = np.random.default_rng(0)
   with jax.enable_x64():

@@ -198,6 +198,7 @@ def runs(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["protonet", "maml"])
 def test_eight_devices_give_the_same_state_as_one(runs, kind):
   assert_same_state(runs.eight[kind], runs.one[kind])

@@ -39,6 +39,7 @@ def test_inner_step_is_one_gradient_step():
   )
 
 
+@pytest.mark.slow
 def test_short_training_adapts_and_plots(tmp_path):
   # 2000 steps are a few seconds: compiling dominates this test (about 15 s in all).
   result = sinusoid.run(num_steps=2000, out=str(tmp_path))

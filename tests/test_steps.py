@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import common
 from fsl_jax.algorithms import make_algorithm
@@ -32,6 +33,7 @@ def setup(meta_batch_size=4, seed=0):
   return sampler, loss_fn, tx, state, episodes
 
 
+@pytest.mark.slow
 def test_meta_batch_gradient_is_the_mean_of_per_episode_gradients():
   _, loss_fn, tx, state, episodes = setup()
   step = make_train_step(loss_fn, tx, N_WAY)

@@ -84,6 +84,7 @@ def full_run(tmp_path_factory, omniglot_small_data_dir, omniglot_manual_dir):
   return workdir, results, steps
 
 
+@pytest.mark.slow
 def test_each_step_function_compiled_exactly_once(full_run):
   _, _, steps = full_run
   # 80 train steps; val three times and test once, in batches of 10 episodes.
@@ -96,6 +97,7 @@ def test_protonets_learn_beyond_their_untrained_accuracy(full_run):
   assert_learnt(results["test"], PROTO_THRESHOLD)
 
 
+@pytest.mark.slow
 def test_protonets_learning_check_fails_with_the_gradient_stopped(
   tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
@@ -123,6 +125,7 @@ def maml_learning_config(data_dir, manual_dir):
   return config
 
 
+@pytest.mark.slow
 def test_maml_learns_with_one_compile_per_step_function(
   tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
@@ -135,6 +138,7 @@ def test_maml_learns_with_one_compile_per_step_function(
   assert_learnt(test, MAML_THRESHOLD)
 
 
+@pytest.mark.slow
 def test_maml_learning_check_fails_with_the_gradient_stopped(
   tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
@@ -165,6 +169,7 @@ def test_the_checkpoint_tested_is_the_best_on_validation(full_run):
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_bitwise_identical_params(
   full_run, tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
