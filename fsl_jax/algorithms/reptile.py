@@ -63,13 +63,14 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from fsl_jax.algorithms.inner_optimizers import (
   INNER_OPTIMIZERS,
   make_inner_optimizer,
   minimize,
 )
+from fsl_jax.algorithms.maml import cross_entropy
+from fsl_jax.algorithms.metric_episode import query_metrics
 from fsl_jax.data.episodes import Episode
 from fsl_jax.errors import ConfigError
 
@@ -137,10 +138,6 @@ def minibatch_indices(
   return stream.reshape(num_steps, batch_size).astype(jnp.int32)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 def squared_distance(a, b) -> jax.Array:
   """|| a - b ||^2 over all leaves of two pytrees of the same structure."""
   squares = jax.tree.map(lambda x, y: jnp.sum(jnp.square(x - y)), a, b)
@@ -199,10 +196,8 @@ def episode_loss(
 
   query_logits = logits(phi, episode.query)  # [N*Q, N]
   query_loss = cross_entropy(query_logits, episode.query_labels)
-  predictions = jnp.argmax(query_logits, -1)  # [N*Q]
-  metrics = {"loss": query_loss, "accuracy": jnp.mean(predictions == episode.query_labels)}
+  metrics = query_metrics(query_loss, query_logits, episode.query_labels, train)
   if not train:
-    metrics["predictions"] = predictions  # Per query, for plots and Lake's runs.
     return query_loss, (metrics, batch_stats)
   # d/dtheta = theta - phi, Reptile's pseudo-gradient; phi is already a constant.
   surrogate = 0.5 * squared_distance(params, phi)
