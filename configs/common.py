@@ -45,6 +45,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.k_shot = 1
   config.train.n_query = 5
   config.train.meta_batch_size = 1
+  # Tasks per device whose gradient is taken at once; the meta-batch gradient is
+  # accumulated over chunks of this many (fsl_jax/task_chunks.py). 0: the whole
+  # meta-batch at once. None: the measured default for the algorithm and backend.
+  config.train.tasks_per_chunk = config_dict.placeholder(int)
   config.train.num_steps = 20_000
   config.train.log_every = 100
   config.train.eval_every = 1000

@@ -7,11 +7,13 @@ An algorithm supplies a pure per-episode loss
 
 and these functions ``vmap`` it over a meta-batch of T episodes. The meta-loss is
 the mean over episodes, L(theta) = (1/T) sum_t L_t(theta), so its gradient is the
-mean of the per-episode gradients. Each step compiles once per episode shape.
+mean of the per-episode gradients, taken all at once or a chunk of tasks at a
+time (task_chunks.py). Each step compiles once per episode shape.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from fsl_jax import task_chunks
 from fsl_jax.data.episodes import Episode
 from fsl_jax.runtime import divergence, sharding
 from fsl_jax.runtime.cpu_matmuls import compiler_options
@@ -31,6 +34,7 @@ def make_train_step(
   n_way: int,
   mesh: Mesh | None = None,
   cpu_matmuls: str = "ynnpack",
+  tasks_per_chunk: int = 0,
 ):
   """Returns jit((state, episodes [T, ...]) -> (state, metrics)), donating ``state``.
 
@@ -42,23 +46,21 @@ def make_train_step(
   With a ``mesh``, the episodes come sharded P("data") and the new state and the
   metrics are pinned replicated P(): XLA all-reduces the mean gradient.
   ``cpu_matmuls`` ("ynnpack" or "eigen") picks XLA:CPU's matmul library (cpu_matmuls.py).
+  ``tasks_per_chunk`` > 0 differentiates that many tasks per device at a time and
+  accumulates the mean gradient (task_chunks.py): memory for one chunk, not the
+  whole meta-batch; 0 differentiates the whole meta-batch in one ``vmap``.
   """
 
-  def meta_loss(params, batch_stats, episodes: Episode, rngs, step):
-    def one(episode, rng):
-      return loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True, step=step)
-
-    per_episode = jax.vmap(one)
-    losses, (metrics, new_stats) = per_episode(episodes, rngs)
-    mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
-    return jnp.mean(losses), (mean(metrics), mean(new_stats))
+  def task_loss(params, task, batch_stats, step):
+    episode, rng = task
+    return loss_fn(params, batch_stats, episode, rng, n_way=n_way, train=True, step=step)
 
   def train_step(state: TrainState, episodes: Episode):
     meta_batch_size = episodes.query_labels.shape[0]
     rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch_size)
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(meta_loss, has_aux=True)(
-      state.params, state.batch_stats, episodes, rngs, state.step
-    )
+    per_task = functools.partial(task_loss, batch_stats=state.batch_stats, step=state.step)
+    value_and_grad = task_chunks.mean_value_and_grad(per_task, tasks_per_chunk, mesh)
+    (loss, (metrics, batch_stats)), grads = value_and_grad(state.params, (episodes, rngs))
     metrics["grad_norm"] = optax.tree.norm(grads)
     # A non-finite step changes nothing but the step counter (see divergence.py).
     finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])

@@ -34,12 +34,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from fsl_jax import task_chunks
 from fsl_jax.algorithms import Algorithm, make_algorithm
 from fsl_jax.data.datasets import load_dataset
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
 from fsl_jax.data.prefetch import prefetch
 from fsl_jax.evaluate import evaluate
-from fsl_jax.runtime import divergence, sharding
+from fsl_jax.runtime import divergence, host_allocator, host_memory, sharding
 from fsl_jax.runtime.atomic_files import write_json_atomically
 from fsl_jax.runtime.checkpointing import Checkpoints
 from fsl_jax.runtime.metrics_log import MetricsWriter, Progress, format_duration
@@ -181,20 +182,57 @@ def train(experiment: Experiment, lr_scale: float, sigterm: SigtermFlag) -> Trai
   config = experiment.config
   tx = make_optimizer(config, lr_scale)
   state = experiment.latest_or_fresh_state(tx)
-  train_step = make_train_step(
-    experiment.algorithm.loss, tx, config.train.n_way, experiment.mesh, config.cpu_matmuls
-  )
   start = int(jax.device_get(state.step))
   loop = TrainLoop(experiment, config.optim.learning_rate * lr_scale, sigterm, start)
+  train_step = compile_train_step(experiment, tx, state, loop.meta_batch(start))
+  # XLA:CPU allocates a step's buffers when the step is dispatched, so a step queued
+  # behind a running one would hold a second copy of its scratch memory.
+  one_step_in_flight = jax.default_backend() == "cpu"
   batches = prefetch(loop.meta_batch, range(start, config.train.num_steps))
   try:
     for step, batch in zip(range(start + 1, config.train.num_steps + 1), batches, strict=True):
+      if one_step_in_flight:
+        jax.block_until_ready(state)
       state, metrics = train_step(state, batch)
       if loop.after_step(step, state, metrics):
         break
   finally:
     batches.close()
   return state
+
+
+def compile_train_step(
+  experiment: Experiment, tx, state: TrainState, example_batch
+) -> jax.stages.Compiled:
+  """The train step, compiled once for the run's shapes before any step runs.
+
+  Compiling first lets the host allocator hand back what compilation freed
+  before the steps' buffers are allocated (host_allocator.release_free_memory),
+  and a compiled step cannot silently recompile: other shapes raise an error.
+  """
+  config = experiment.config
+  chunk = task_chunks.tasks_per_chunk(config, experiment.mesh)
+  jitted = make_train_step(
+    experiment.algorithm.loss,
+    tx,
+    config.train.n_way,
+    experiment.mesh,
+    config.cpu_matmuls,
+    tasks_per_chunk=chunk,
+  )
+  started = time.perf_counter()
+  compiled = jitted.lower(state, example_batch).compile()
+  host_allocator.release_free_memory()
+  scratch = compiled.memory_analysis()
+  logging.info(
+    "Compiled the train step in %.1f s (%d tasks per chunk; XLA scratch %.0f MB); "
+    "host memory %.0f MB.",
+    time.perf_counter() - started,
+    chunk or config.train.meta_batch_size // experiment.mesh.devices.size,
+    scratch.temp_size_in_bytes / 2**20 if scratch else float("nan"),
+    host_memory.resident_mb(),
+  )
+  return compiled
 
 
 class TrainLoop:

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from fsl_jax.tools import bench
@@ -38,6 +40,10 @@ FIELDS = {
   "gflop_per_step",
   "gflops_per_second",
   "xla_temp_bytes",
+  "xla_argument_bytes",
+  "tasks_per_chunk",
+  "dataset_mb",
+  "peak_rss_net_of_dataset_mb",
 }
 
 
@@ -59,8 +65,31 @@ def test_a_compute_line_has_every_field_and_consistent_values(two_runs):
   assert line["gflops_per_second"] == pytest.approx(
     line["gflop_per_step"] / line["step_seconds_median"]
   )
-  assert line["compile_seconds"] > 0 and line["peak_rss_mb"] > 0 and line["xla_temp_bytes"] > 0
+  assert line["compile_seconds"] > 0 and line["xla_temp_bytes"] > 0
+  # The synthetic Omniglot training split: 4112 classes of 20 images of 28x28 uint8.
+  assert line["dataset_mb"] == pytest.approx(4112 * 20 * 28 * 28 / 2**20)
+  assert line["peak_rss_mb"] > line["dataset_mb"] + 100  # At least the dataset and JAX.
+  assert line["peak_rss_net_of_dataset_mb"] == pytest.approx(
+    line["peak_rss_mb"] - line["dataset_mb"], abs=50
+  )
   json.dumps(line)  # One JSON line.
+
+
+def test_xla_bytes_count_the_state_and_the_episodes_and_chunks_cut_the_scratch(two_runs):
+  """Arguments: params, Adam's two moments and the 2-task meta-batch of uint8 images."""
+  config = bench.workload_config(TINY, True, "im2col")
+  model, algorithm = bench.make_algorithm(config)
+  images = jnp.zeros((2, 28, 28, 1), jnp.uint8)
+  params = algorithm.init_params(model.init(jax.random.key(0), images, train=True)["params"])
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  episode_bytes = 2 * (2 * 1 + 2 * config.train.n_query) * 28 * 28  # [T, N*(K+Q), 28, 28, 1]
+  line = two_runs[0]
+  assert 3 * param_bytes + episode_bytes <= line["xla_argument_bytes"]
+  assert line["xla_argument_bytes"] <= 3 * param_bytes + episode_bytes + 4096
+  assert line["tasks_per_chunk"] == 0
+  chunked = bench.run(TINY, 1, "im2col", True, inner_steps=1, tasks_per_chunk=1)
+  assert chunked["tasks_per_chunk"] == 1
+  assert chunked["xla_temp_bytes"] < 0.75 * line["xla_temp_bytes"]
 
 
 def test_flops_count_every_inner_step(two_runs):

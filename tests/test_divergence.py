@@ -44,7 +44,7 @@ def nan_at_bad_step(monkeypatch, omniglot_small):
   monkeypatch.setattr(train, "load_dataset", lambda data: omniglot_small)
   made = []
 
-  def make(loss_fn, tx, n_way, mesh=None, cpu_matmuls="ynnpack"):
+  def make(loss_fn, tx, n_way, mesh=None, cpu_matmuls="ynnpack", tasks_per_chunk=0):
     if not made:
       real = loss_fn
 
@@ -53,7 +53,7 @@ def nan_at_bad_step(monkeypatch, omniglot_small):
         return jnp.where(step == BAD_STEP - 1, jnp.nan, loss), aux
 
     made.append(tx)
-    return make_train_step(loss_fn, tx, n_way, mesh, cpu_matmuls)
+    return make_train_step(loss_fn, tx, n_way, mesh, cpu_matmuls, tasks_per_chunk)
 
   monkeypatch.setattr(train, "make_train_step", make)
   return made

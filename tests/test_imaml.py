@@ -225,7 +225,7 @@ def test_implicit_settings_that_have_no_implicit_gradient_are_config_errors():
 def test_imaml_trains_with_one_compile_per_step_function(
   tmp_path, omniglot_small_data_dir, omniglot_manual_dir
 ):
-  from test_train_end_to_end import run_recording_steps
+  from test_train_end_to_end import compiled_once, run_recording_steps
 
   from configs import imaml_omniglot5w1s
 
@@ -235,6 +235,6 @@ def test_imaml_trains_with_one_compile_per_step_function(
   config.maml.inner_steps = config.maml.test_inner_steps = 2
   config.model.filters, config.model.num_blocks = 8, 2  # Compiles faster; the count is tested.
   results, steps = run_recording_steps(config, tmp_path)
-  assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1
+  assert compiled_once(steps)
   assert results["config"]["maml"]["meta_gradient"] == "implicit"
   assert results["test"]["episodes"] == 20

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 from fixtures_omniglot import on_small_split
-from test_train_end_to_end import run_recording_steps
+from test_train_end_to_end import compiled_once, run_recording_steps
 
 from configs import common, reptile_omniglot5w1s
 from fsl_jax.algorithms import make_algorithm, reptile
@@ -289,7 +289,7 @@ def test_end_to_end_with_one_compile_per_step_function(
   config.reptile.test_inner_steps = 5  # The compile count, not the adaptation, is tested.
   config.model.filters, config.model.num_blocks = 8, 2
   results, steps = run_recording_steps(config, tmp_path)
-  assert steps["train"]._cache_size() == 1 and steps["eval"]._cache_size() == 1
+  assert compiled_once(steps)
   test = results["test"]
   assert (test["n_way"], test["k_shot"], test["episodes"]) == (5, 1, 20)
   assert results["config"]["reptile"]["test_inner_steps"] == 5

@@ -2,10 +2,13 @@
 
 A workload is the train step of a config file, changed only by the benchmark's
 own overrides (``WORKLOADS``) and the command's flags. Each prints one JSON line
-with the median and minimum seconds per step after warm-up, episodes/s, compile time, peak host memory, and the FLOPs
-of the compiled step from XLA's cost analysis. Compute workloads draw episodes
-from random images of the dataset's shape (the cost does not depend on pixel
-values); sampler workloads time the host data path alone.
+with the median and minimum seconds per step after warm-up, episodes/s, compile
+time, the FLOPs of the compiled step from XLA's cost analysis, XLA's temp and
+argument bytes, and the process's peak host memory, also net of the synthetic
+dataset it holds. Peak memory is the process's: run one workload per process to
+read it per workload. Compute workloads draw episodes from random images of the
+dataset's shape (the cost does not depend on pixel values); sampler workloads
+time the host data path alone.
 
 The meta-batch is sharded over every device, as in training: to time D CPU
 devices, set XLA_FLAGS=--xla_force_host_platform_device_count=D before starting.
@@ -17,7 +20,6 @@ import dataclasses
 import functools
 import importlib
 import json
-import resource
 import statistics
 import time
 from typing import Any
@@ -28,10 +30,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from fsl_jax import task_chunks
 from fsl_jax.algorithms import make_algorithm
 from fsl_jax.data.class_images import ClassImages
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeShape
-from fsl_jax.runtime import host_allocator, sharding
+from fsl_jax.runtime import host_allocator, host_memory, sharding
 from fsl_jax.runtime.cpu_matmuls import CPU_MATMULS
 from fsl_jax.state import create_train_state, make_optimizer
 from fsl_jax.steps import make_train_step
@@ -116,6 +119,11 @@ _PROFILE_TOP = flags.DEFINE_integer(
 )
 _REMAT = flags.DEFINE_bool("remat", False, "MAML: jax.checkpoint each inner step.")
 _ANIL = flags.DEFINE_bool("anil", False, "MAML: adapt only the head in the inner loop (ANIL).")
+_TASKS_PER_CHUNK = flags.DEFINE_integer(
+  "tasks_per_chunk",
+  None,
+  "config.train.tasks_per_chunk (0: whole meta-batch); default: the config's.",
+)
 _INNER_STEPS = flags.DEFINE_integer(
   "inner_steps", None, "MAML: override the workload's number of inner steps (memory studies)."
 )
@@ -130,9 +138,12 @@ def workload_config(
   cpu_matmuls: str | None = None,
   anil: bool = False,
   inner_steps: int | None = None,
+  tasks_per_chunk: int | None = None,
 ) -> ml_collections.ConfigDict:
   """The workload's config with the command's flags applied."""
   config = workload.config()
+  if tasks_per_chunk is not None:
+    config.train.tasks_per_chunk = tasks_per_chunk
   config.model.conv_impl = conv_impl
   config.model.compute_dtype = dtype
   config.cpu_matmuls = cpu_matmuls or config.cpu_matmuls
@@ -158,23 +169,31 @@ def synthetic_images(config: ml_collections.ConfigDict) -> ClassImages:
   return ClassImages(images, tuple(f"class{i}" for i in range(split["classes"])))
 
 
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def time_sampler(config: ml_collections.ConfigDict, repeats: int) -> dict:
-  sampler = EpisodeSampler(synthetic_images(config), episode_shape(config), seed=0)
+  images = synthetic_images(config)
+  sampler = EpisodeSampler(images, episode_shape(config), seed=0)
   per_round = 100
   times = []
   for r in range(repeats):
     start = time.perf_counter()
     sampler.episodes(r * per_round, per_round)
     times.append((time.perf_counter() - start) / per_round)
-  return {"step_seconds_median": statistics.median(times), "step_seconds_min": min(times)}
+  return {
+    "step_seconds_median": statistics.median(times),
+    "step_seconds_min": min(times),
+    "dataset_mb": images.images.nbytes / 2**20,
+  }
 
 
 def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top: int = 0) -> dict:
-  sampler = EpisodeSampler(synthetic_images(config), episode_shape(config), seed=0)
+  """Compiles the config's train step ahead of time, then times one step at a time.
+
+  As in training (train.py), the host allocator hands back what compilation freed
+  before the first step, and on CPU each step finishes before the next is
+  dispatched, so peak host memory is what a training run holds.
+  """
+  images = synthetic_images(config)
+  sampler = EpisodeSampler(images, episode_shape(config), seed=0)
   mesh = sharding.make_mesh()
   model, algorithm = make_algorithm(config)
   size = config.train.meta_batch_size
@@ -182,24 +201,26 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
   example = jnp.asarray(sampler.episode(0).support)
   state = create_train_state(model, tx, example, 0, algorithm.init_params)
   state = jax.device_put(state, sharding.replicated(mesh))
-  step = make_train_step(algorithm.loss, tx, config.train.n_way, mesh, config.cpu_matmuls)
   sharding.check_batch_divides(size, mesh, "meta_batch_size")
+  chunk = task_chunks.tasks_per_chunk(config, mesh)
+  step = make_train_step(
+    algorithm.loss, tx, config.train.n_way, mesh, config.cpu_matmuls, tasks_per_chunk=chunk
+  )
   batches = [sharding.to_global(sampler.episodes(i * size, size), mesh) for i in range(4)]
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_seconds = time.perf_counter() - start
+  host_allocator.release_free_memory()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  for i in range(2):  # Warm-up.
-    state, metrics = compiled(state, batches[i % len(batches)])
-  jax.block_until_ready(metrics)
   times = []
-  for i in range(repeats):
+  for i in range(2 + repeats):  # Two warm-up steps, then the timed ones.
     start = time.perf_counter()
     state, metrics = compiled(state, batches[i % len(batches)])
-    jax.block_until_ready(metrics)
+    jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
+  times = times[2:]
   memory = jax.devices()[0].memory_stats() or {}
   profile = {}
   if profile_top:
@@ -211,6 +232,7 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
       jax.block_until_ready(out)
 
     profile["top_ops"] = op_profile.top_ops(three_steps, 3, compiled.as_text(), profile_top)
+  scratch = compiled.memory_analysis()
   return {
     "step_seconds_median": statistics.median(times),
     "step_seconds_min": min(times),
@@ -218,8 +240,12 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
     "gflop_per_step": flops / 1e9,
     "gflops_per_second": flops / 1e9 / statistics.median(times),
     "device_peak_bytes": memory.get("peak_bytes_in_use"),
-    # XLA's own estimate of the step's scratch memory, on every backend.
-    "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+    # XLA's own account of the compiled step's memory, on every backend: scratch
+    # buffers, and the arguments (state and episodes) it reads.
+    "xla_temp_bytes": scratch.temp_size_in_bytes,
+    "xla_argument_bytes": scratch.argument_size_in_bytes,
+    "tasks_per_chunk": chunk,
+    "dataset_mb": images.images.nbytes / 2**20,
     "conv_impl": getattr(getattr(model, "backbone", model), "conv_impl", "xla"),
     "cpu_matmuls": config.cpu_matmuls,
     **profile,
@@ -237,10 +263,19 @@ def run(
   cpu_matmuls: str | None = None,
   anil: bool = False,
   inner_steps: int | None = None,
+  tasks_per_chunk: int | None = None,
 ) -> dict:
   """Times ``workload`` with the command's flags; returns its JSON line as a dict."""
   config = workload_config(
-    workload, bool(first_order), conv_impl, remat, dtype, cpu_matmuls, anil, inner_steps
+    workload,
+    bool(first_order),
+    conv_impl,
+    remat,
+    dtype,
+    cpu_matmuls,
+    anil,
+    inner_steps,
+    tasks_per_chunk,
   )
   if workload.sampler_only:
     timing = time_sampler(config, repeats)
@@ -257,7 +292,10 @@ def run(
     "host_allocator": host_allocator.active(),
     **timing,
     "episodes_per_second": config.train.meta_batch_size / timing["step_seconds_median"],
-    "peak_rss_mb": peak_rss_mb(),
+    "peak_rss_mb": host_memory.peak_resident_mb(),
+    # The process's peak less the synthetic dataset it holds (a training run holds
+    # the real one instead).
+    "peak_rss_net_of_dataset_mb": host_memory.peak_resident_mb() - timing["dataset_mb"],
     **({"remat": remat, "anil": anil, "inner_steps": config.maml.inner_steps} if maml else {}),
   }
 
@@ -281,6 +319,7 @@ def main(argv):
         cpu_matmuls=_CPU_MATMULS.value,
         anil=_ANIL.value,
         inner_steps=_INNER_STEPS.value,
+        tasks_per_chunk=_TASKS_PER_CHUNK.value,
       )
       print(json.dumps(result), flush=True)
 
