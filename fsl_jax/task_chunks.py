@@ -19,11 +19,11 @@ Hessian-vector product through the meta-gradient differentiates the scan, which
 then stores each chunk's residuals again, as any reverse pass must).
 
 Chunks are per device. With the tasks sharded over D devices along their leading
-axis, device d holds tasks [d*T_d, (d+1)*T_d), T_d = T/D. Chunk i takes tasks
-i*c .. i*c + c - 1 of every device's block, so each device differentiates c of its
-own tasks per scan iteration and no task moves between devices:
-
-    [T, ...] -> [D, C, c, ...] -> [C, D, c, ...] -> [C, D*c, ...], sharded P(None, "data").
+axis, device d holds tasks [d*T_d, (d+1)*T_d), T_d = T/D. Under ``jax.shard_map``
+each device scans its own T_d tasks, c at a time, keeping its partial means in
+the scan's carry; one all-reduce (``pmean``) after the scan averages them over
+the devices. No task moves between devices, and a step communicates once,
+whatever the number of chunks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from fsl_jax.errors import ConfigError
 
@@ -48,25 +48,6 @@ def check_tasks_per_chunk(tasks_per_chunk: int, meta_batch_size: int, devices: i
       f"{meta_batch_size}). Set --config.train.tasks_per_chunk to one of {divisors}, "
       "or 0 for the whole meta-batch at once."
     )
-
-
-def split_into_chunks(tree, tasks_per_chunk: int, mesh: Mesh | None = None):
-  """Leaves [T, ...] -> [C, D*c, ...]: chunk i is c tasks of each of the D devices' blocks.
-
-  With a ``mesh`` the chunks' task axis is pinned sharded P(None, "data"), so that
-  each device keeps its own tasks.
-  """
-  devices = 1 if mesh is None else mesh.devices.size
-
-  def split(x):
-    chunks = x.shape[0] // devices // tasks_per_chunk
-    x = x.reshape(devices, chunks, tasks_per_chunk, *x.shape[1:])
-    x = jnp.swapaxes(x, 0, 1).reshape(chunks, devices * tasks_per_chunk, *x.shape[3:])
-    if mesh is not None:
-      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, "data")))
-    return x
-
-  return jax.tree.map(split, tree)
 
 
 def mean_over_tasks(task_loss: Callable) -> Callable:
@@ -93,7 +74,9 @@ def mean_value_and_grad(
     tasks_per_chunk: c, tasks per device per chunk; 0 differentiates all T tasks in
       one ``vmap``. Each device's T/D tasks must be a multiple of c
       (``check_tasks_per_chunk``).
-    mesh: the mesh the tasks are sharded over along "data", if any.
+    mesh: the mesh the tasks are sharded over along "data", if any. Each device
+      then scans its own chunks (``jax.shard_map``) and the means are all-reduced
+      once, after the scan.
 
   The mean is over all T tasks in both cases; the chunked result differs from the
   unchunked one by float rounding alone.
@@ -102,8 +85,9 @@ def mean_value_and_grad(
   if not tasks_per_chunk:
     return value_and_grad
 
-  def chunked(params, tasks):
-    chunks = split_into_chunks(tasks, tasks_per_chunk, mesh)
+  def local_chunks(params, tasks):
+    """The mean over this device's T_d tasks, c at a time: a scan over T_d / c chunks."""
+    chunks = jax.tree.map(lambda x: x.reshape(-1, tasks_per_chunk, *x.shape[1:]), tasks)
     count = jax.tree.leaves(chunks)[0].shape[0]
     if count == 1:
       return value_and_grad(params, jax.tree.map(lambda x: x[0], chunks))
@@ -118,7 +102,24 @@ def mean_value_and_grad(
     total, _ = jax.lax.scan(add_chunk, zeros, chunks)
     return jax.tree.map(lambda x: x / count, total)
 
-  return chunked
+  if mesh is None:
+    return local_chunks
+
+  def per_device(params, tasks):
+    return jax.lax.pmean(local_chunks(params, tasks), "data")
+
+  # Without varying-axes checks (check_vma), each device's gradient with respect to
+  # the replicated params is its own tasks' alone, and the pmean averages them
+  # once. (With the checks, JAX would sum the gradient over the devices inside
+  # every chunk, and the models' custom differentiation rules would need typing
+  # for them.) tests/test_task_chunks.py checks the result against one device.
+  return jax.shard_map(
+    per_device,
+    mesh=mesh,
+    in_specs=(PartitionSpec(), PartitionSpec("data")),
+    out_specs=PartitionSpec(),
+    check_vma=False,
+  )
 
 
 def tasks_per_chunk(config, mesh: Mesh) -> int:
