@@ -47,7 +47,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.meta_batch_size = 1
   # Tasks per device whose gradient is taken at once; the meta-batch gradient is
   # accumulated over chunks of this many (fsl_jax/task_chunks.py). 0: the whole
-  # meta-batch at once. None: the measured default for the algorithm and backend.
+  # meta-batch at once. None: the measured default for the backend (task_chunks.py).
   config.train.tasks_per_chunk = config_dict.placeholder(int)
   config.train.num_steps = 20_000
   config.train.log_every = 100

@@ -122,9 +122,24 @@ def mean_value_and_grad(
   )
 
 
-def tasks_per_chunk(config, mesh: Mesh) -> int:
-  """config.train.tasks_per_chunk, checked against the meta-batch and the mesh."""
-  chunk = config.train.tasks_per_chunk
-  chunk = 0 if chunk is None else chunk
+# Tasks per device per chunk when config.train.tasks_per_chunk is None, by backend.
+# On CPU, one task at a time was as fast as or faster than the whole meta-batch on
+# every MAML workload of the benchmark, at a fraction of the memory
+# (docs/performance.md, "Task chunks"). GPUs and TPUs were not measured: they keep
+# the whole per-device meta-batch in one vmap, which fills a wide device.
+MEASURED_DEFAULTS = {"cpu": 1}
+
+
+def configured(train_config, backend: str | None = None) -> int:
+  """config.train.tasks_per_chunk, with None as ``MEASURED_DEFAULTS`` for the backend (else 0)."""
+  chunk = train_config.tasks_per_chunk
+  if chunk is None:
+    return MEASURED_DEFAULTS.get(backend or jax.default_backend(), 0)
+  return chunk
+
+
+def tasks_per_chunk(config, mesh: Mesh, backend: str | None = None) -> int:
+  """``configured`` tasks per chunk, checked against the meta-batch and the mesh."""
+  chunk = configured(config.train, backend)
   check_tasks_per_chunk(chunk, config.train.meta_batch_size, mesh.devices.size)
   return chunk

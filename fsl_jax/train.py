@@ -222,8 +222,8 @@ def compile_train_step(
   )
   started = time.perf_counter()
   compiled = jitted.lower(state, example_batch).compile()
-  host_allocator.release_free_memory()
   scratch = compiled.memory_analysis()
+  host_allocator.release_free_memory(scratch.temp_size_in_bytes if scratch else 0)
   logging.info(
     "Compiled the train step in %.1f s (%d tasks per chunk; XLA scratch %.0f MB); "
     "host memory %.0f MB.",

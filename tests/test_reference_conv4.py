@@ -275,21 +275,27 @@ def config_model(conv_impl: str):
 
 
 @pytest.mark.parametrize(
-  "conv_impl, per_task_weights, want_class, want_impl",
+  "conv_impl, per_task_weights, tasks_per_chunk, want_class, want_impl",
   [
-    ("xla", False, Conv4, None),
-    ("xla", True, Conv4, None),
-    ("im2col", False, CpuConv4, "im2col"),
-    ("winograd", True, CpuConv4, "winograd"),
-    ("auto", False, CpuConv4, "winograd"),  # CPU, shared weights (ProtoNets, Matching Nets).
-    ("auto", True, CpuConv4, "im2col"),  # CPU, MAML's per-task weights under vmap.
+    ("xla", False, 0, Conv4, None),
+    ("xla", True, 0, Conv4, None),
+    ("im2col", False, 0, CpuConv4, "im2col"),
+    ("winograd", True, 0, CpuConv4, "winograd"),
+    ("auto", False, 0, CpuConv4, "winograd"),  # CPU, shared weights (ProtoNets, Matching Nets).
+    ("auto", True, 0, CpuConv4, "im2col"),  # CPU, MAML's per-task weights, all tasks in one vmap.
+    ("auto", True, 4, CpuConv4, "im2col"),  # ... or 4 at a time.
+    ("auto", True, 1, CpuConv4, "winograd"),  # ... one task at a time.
   ],
 )
-def test_make_model_dispatches_on_conv_impl(conv_impl, per_task_weights, want_class, want_impl):
+def test_make_model_dispatches_on_conv_impl(
+  conv_impl, per_task_weights, tasks_per_chunk, want_class, want_impl
+):
   assert jax.default_backend() == "cpu"
-  model = make_model(config_model(conv_impl), per_task_weights=per_task_weights)
+  model = make_model(config_model(conv_impl), None, per_task_weights, tasks_per_chunk)
   assert type(model) is want_class
   assert getattr(model, "conv_impl", None) == want_impl
+  # Adapted per task, the grayscale image layer is im2col, not image_conv.
+  assert getattr(model, "image_conv_layer", not per_task_weights) is not per_task_weights
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
@@ -298,6 +304,7 @@ def test_auto_is_the_reference_model_off_the_cpu(monkeypatch, backend):
     assert default_conv_impl(backend, per_task_weights) == "xla"
   assert default_conv_impl("cpu") == "winograd"
   assert default_conv_impl("cpu", per_task_weights=True) == "im2col"
+  assert default_conv_impl("cpu", per_task_weights=True, tasks_per_chunk=1) == "winograd"
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   for per_task_weights in (False, True):
     model = make_model(config_model("auto"), per_task_weights=per_task_weights)

@@ -434,13 +434,15 @@ def test_a_chunk_size_that_does_not_divide_is_an_error_naming_the_fix(
   assert "or 0 for the whole meta-batch" in message
 
 
-def test_chunk_sizes_that_divide_are_accepted_and_none_means_zero():
+def test_chunk_sizes_that_divide_are_accepted_and_none_means_the_backends_default():
   for chunk, meta_batch, devices in ((0, 16, 8), (1, 16, 8), (2, 16, 8), (5, 10, 1), (10, 10, 1)):
     task_chunks.check_tasks_per_chunk(chunk, meta_batch, devices)
   config = tiny_config("maml")
   config.train.meta_batch_size = 16
   assert config.train.tasks_per_chunk is None
-  assert task_chunks.tasks_per_chunk(config, fake_mesh(8)) == 0
+  assert task_chunks.tasks_per_chunk(config, fake_mesh(8), "cpu") == 1  # Measured.
+  assert task_chunks.tasks_per_chunk(config, fake_mesh(8), "gpu") == 0  # The whole meta-batch.
+  assert task_chunks.tasks_per_chunk(config, fake_mesh(8), "tpu") == 0
   config.train.tasks_per_chunk = 2
   assert task_chunks.tasks_per_chunk(config, fake_mesh(8)) == 2
   config.train.tasks_per_chunk = 4

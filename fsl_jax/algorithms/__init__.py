@@ -17,6 +17,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
+from fsl_jax import task_chunks
 from fsl_jax.algorithms import imaml, maml, matching, protonet, reptile
 from fsl_jax.errors import ConfigError
 from fsl_jax.models import make_model
@@ -76,7 +77,12 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
 
   if config.algorithm == "maml":
     check_same_n_way(config, "MAML")
-    model = make_model(config.model, num_outputs=config.train.n_way, per_task_weights=True)
+    model = make_model(
+      config.model,
+      num_outputs=config.train.n_way,
+      per_task_weights=True,
+      tasks_per_chunk=task_chunks.configured(config.train),
+    )
     settings = maml.MamlSettings(
       **config.maml.to_dict(), imaml=imaml.ImamlSettings(**config.imaml.to_dict())
     )
@@ -91,7 +97,12 @@ def make_algorithm(config: ml_collections.ConfigDict) -> tuple[nn.Module, Algori
 
   if config.algorithm == "reptile":
     check_same_n_way(config, "Reptile")
-    model = make_model(config.model, num_outputs=config.train.n_way, per_task_weights=True)
+    model = make_model(
+      config.model,
+      num_outputs=config.train.n_way,
+      per_task_weights=True,
+      tasks_per_chunk=task_chunks.configured(config.train),
+    )
     settings = reptile.ReptileSettings(**config.reptile.to_dict())
     reptile.check_inner_batch(
       settings.inner_batch_size, config.train.n_way * config.train.k_shot, train=True

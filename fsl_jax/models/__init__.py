@@ -15,32 +15,44 @@ from fsl_jax.models.conv4 import COMPUTE_DTYPES, DOWNSAMPLES, Conv4
 from fsl_jax.models.cpu.conv4 import CONV_IMPLS, CpuConv4
 
 
-def default_conv_impl(backend: str | None = None, per_task_weights: bool = False) -> str:
+def default_conv_impl(
+  backend: str | None = None, per_task_weights: bool = False, tasks_per_chunk: int = 0
+) -> str:
   """The fastest formulation per backend, as measured by ``python -m fsl_jax.bench``.
 
   "xla" (the reference ``Conv4``) off the CPU. On CPU, Winograd for shared weights
-  (ProtoNets, Matching Networks), and im2col for MAML's per-task weights under
-  ``vmap``, whose batched Winograd products are slower than im2col's single
-  batched product (docs/performance.md has the measurements).
+  (ProtoNets, Matching Networks) and for per-task weights (MAML) differentiated
+  one task at a time (``tasks_per_chunk`` 1), where each product is one task's;
+  im2col for per-task weights ``vmap``ped over several tasks, whose batched
+  Winograd products are slower than im2col's single batched product
+  (docs/performance.md has the measurements).
   """
   if (backend or jax.default_backend()) != "cpu":
     return "xla"
-  return "im2col" if per_task_weights else "winograd"
+  return "im2col" if per_task_weights and tasks_per_chunk != 1 else "winograd"
 
 
 def make_model(
-  model: ml_collections.ConfigDict, num_outputs: int | None = None, per_task_weights: bool = False
+  model: ml_collections.ConfigDict,
+  num_outputs: int | None = None,
+  per_task_weights: bool = False,
+  tasks_per_chunk: int = 0,
 ) -> Conv4 | CpuConv4:
   """The backbone that config.model describes.
 
   conv_impl "xla" is the reference ``Conv4``; "im2col" and "winograd" are
   ``CpuConv4``; "auto" picks the fastest per backend and per use: pass
-  ``per_task_weights=True`` when the params will be ``vmap``ped per task (MAML).
+  ``per_task_weights=True`` when the params will be ``vmap``ped per task (MAML),
+  and the tasks per chunk of its gradient (``fsl_jax.task_chunks``).
   """
   if model.name != "conv4":
     raise ConfigError(f"config.model.name must be 'conv4', got {model.name!r}.")
   auto = model.conv_impl == "auto"
-  impl = default_conv_impl(per_task_weights=per_task_weights) if auto else model.conv_impl
+  impl = (
+    default_conv_impl(per_task_weights=per_task_weights, tasks_per_chunk=tasks_per_chunk)
+    if auto
+    else model.conv_impl
+  )
   if impl not in CONV_IMPLS:
     raise ConfigError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}.")
   for key, allowed in (("downsample", DOWNSAMPLES), ("compute_dtype", COMPUTE_DTYPES)):
@@ -57,4 +69,5 @@ def make_model(
   )
   if impl == "xla":
     return Conv4(**common)
-  return CpuConv4(conv_impl=impl, **common)
+  # Adapted per task, a grayscale image layer ran faster as im2col than as image_conv.
+  return CpuConv4(conv_impl=impl, image_conv_layer=not per_task_weights, **common)

@@ -140,20 +140,43 @@ def active() -> str:
   return "system"
 
 
-def release_free_memory() -> str | None:
+def release_free_memory(step_scratch_bytes: int = 0) -> str | None:
   """Hands the memory the allocator holds but no live object uses back to the kernel.
 
   Compiling a step frees hundreds of megabytes in small blocks. glibc keeps them
   in its arenas, and tcmalloc keeps every freed page (TCMALLOC_RELEASE_RATE=0),
   so they stay in the resident set though a step's buffers reuse few of them.
   Call it after compiling, before the steps run: the steps' own buffers are then
-  faulted in once and kept. Returns the function called, or None where neither
-  allocator offers one (the memory then stays held, which costs nothing else).
+  faulted in once and kept.
+
+  tcmalloc does not merge pages it has handed back with pages it kept, so a later
+  step's scratch buffer (one block of XLA's temp bytes) can find no free run long
+  enough and map a second one. Under tcmalloc the release is therefore skipped
+  when the free bytes are fewer than ``step_scratch_bytes``: it would cost more
+  than it saves.
+
+  Returns:
+    The function called ("MallocExtension_ReleaseFreeMemory" or "malloc_trim"),
+    or None if none was (no such function, or skipped).
   """
   process = ctypes.CDLL(None)
-  for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (0,))):
-    release = getattr(process, name, None)
-    if release is not None:
-      release(*args)
-      return name
-  return None
+  tcmalloc_release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)
+  if tcmalloc_release is not None:
+    if _tcmalloc_free_bytes(process) < step_scratch_bytes:
+      return None
+    tcmalloc_release()
+    return "MallocExtension_ReleaseFreeMemory"
+  trim = getattr(process, "malloc_trim", None)
+  if trim is None:
+    return None
+  trim(0)
+  return "malloc_trim"
+
+
+def _tcmalloc_free_bytes(process: ctypes.CDLL) -> int:
+  """Bytes in tcmalloc's page heap that no allocation uses (0 if it cannot say)."""
+  value = ctypes.c_size_t(0)
+  get = getattr(process, "MallocExtension_GetNumericProperty", None)
+  if get is None or not get(b"tcmalloc.pageheap_free_bytes", ctypes.byref(value)):
+    return 0
+  return value.value

@@ -210,7 +210,8 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_seconds = time.perf_counter() - start
-  host_allocator.release_free_memory()
+  scratch = compiled.memory_analysis()
+  released = host_allocator.release_free_memory(scratch.temp_size_in_bytes)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -232,7 +233,6 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
       jax.block_until_ready(out)
 
     profile["top_ops"] = op_profile.top_ops(three_steps, 3, compiled.as_text(), profile_top)
-  scratch = compiled.memory_analysis()
   return {
     "step_seconds_median": statistics.median(times),
     "step_seconds_min": min(times),
@@ -245,6 +245,7 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
     "xla_temp_bytes": scratch.temp_size_in_bytes,
     "xla_argument_bytes": scratch.argument_size_in_bytes,
     "tasks_per_chunk": chunk,
+    "released_after_compile": released is not None,
     "dataset_mb": images.images.nbytes / 2**20,
     "conv_impl": getattr(getattr(model, "backbone", model), "conv_impl", "xla"),
     "cpu_matmuls": config.cpu_matmuls,

@@ -20,8 +20,8 @@ The convolution has three formulations with identical numbers, chosen per backen
   than im2col, on an input 4x its size rather than 9x (``winograd_conv``). A
   grayscale image layer is computed inside its pool and never written, with batch
   norm's moments from the patches (``image_conv``); strided layers, small maps and
-  colour image layers use im2col. The fastest on XLA:CPU for shared weights;
-  MAML's per-task weights keep im2col (``fsl_jax.models.default_conv_impl``).
+  colour image layers use im2col. The fastest on XLA:CPU for shared weights,
+  and for MAML's per-task weights one task at a time (``fsl_jax.models.default_conv_impl``).
 
 Batch norm and ReLU are one module, ``BatchNormRelu``, with flax BatchNorm's
 variables. With max-pooling it pools the convolution's output before batch norm's
@@ -60,7 +60,9 @@ def same_padding(size: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.Array:
+def conv3x3(
+  x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, image_conv_layer: bool = True
+) -> jax.Array:
   """A 'SAME' 3x3 convolution without bias.
 
   Args:
@@ -68,6 +70,8 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.
     kernel: [3, 3, C_in, C_out].
     impl: "xla", "im2col" or "winograd"; all compute the same function.
     stride: 1, or 2 for the strided variant of Finn et al.'s Omniglot model.
+    image_conv_layer: with "winograd", a grayscale image layer goes through
+      ``image_conv`` (else im2col).
 
   Returns:
     [B, H', W', C_out] with H' = ceil(H / stride),
@@ -84,7 +88,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1) -> jax.
   if impl == "winograd":
     if winograd_pays(x.shape, stride):
       return winograd_conv(x, kernel)
-    if image_conv_pays(x.shape, stride):
+    if image_conv_layer and image_conv_pays(x.shape, stride):
       return image_conv(x, kernel)
     return im2col_conv(x, kernel, stride)
   raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
@@ -129,11 +133,12 @@ class Conv3x3(nn.Module):
   features: int
   impl: str
   stride: int = 1
+  image_conv_layer: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", torch_default_init, (3, 3, x.shape[-1], self.features))
-    return conv3x3(x, kernel.astype(x.dtype), self.impl, self.stride)
+    return conv3x3(x, kernel.astype(x.dtype), self.impl, self.stride, self.image_conv_layer)
 
 
 class CpuConv4(Conv4):
@@ -147,6 +152,9 @@ class CpuConv4(Conv4):
   """
 
   conv_impl: str = "im2col"
+  # With "winograd": the grayscale image layer through ``image_conv``. MAML turns it
+  # off: adapted per task, that layer ran faster as im2col (``models.make_model``).
+  image_conv_layer: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -163,15 +171,21 @@ class CpuConv4(Conv4):
     strided = self.downsample == "stride"
     for i in range(self.num_blocks):
       stride = 2 if strided else 1
-      conv = Conv3x3(self.filters, self.conv_impl, stride=stride)
+      conv = Conv3x3(self.filters, self.conv_impl, stride, self.image_conv_layer)
       y = conv(x)
       moments = None
-      if self.conv_impl == "winograd" and train and image_conv_pays(x.shape, stride):
+      image_layer = self.image_conv_layer and image_conv_pays(x.shape, stride)
+      if self.conv_impl == "winograd" and train and image_layer:
         # The image layer: batch norm's moments from the patches, not from y (image_conv.py).
         moments = image_conv_moments(x, conv.variables["params"]["kernel"])
+      # Winograd's backward pass reads the pooled gradient 16 times, so its models
+      # store the argmax (max_pool.py). Without image_conv (MAML), only where the
+      # pool feeds a Winograd layer: on Omniglot, none does.
+      b, h, w, f = y.shape
+      feeds_winograd = i + 1 < self.num_blocks and winograd_pays((b, h // 2, w // 2, f), 1)
       x = BatchNormRelu(
         max_pool=not strided,
-        store_pool_index=self.conv_impl == "winograd",
+        store_pool_index=self.conv_impl == "winograd" and (self.image_conv_layer or feeds_winograd),
         momentum=0.9,
         epsilon=1e-5,
         dtype=dtype,
