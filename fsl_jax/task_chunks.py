@@ -74,9 +74,9 @@ def mean_value_and_grad(
     tasks_per_chunk: c, tasks per device per chunk; 0 differentiates all T tasks in
       one ``vmap``. Each device's T/D tasks must be a multiple of c
       (``check_tasks_per_chunk``).
-    mesh: the mesh the tasks are sharded over along "data", if any. Each device
-      then scans its own chunks (``jax.shard_map``) and the means are all-reduced
-      once, after the scan.
+    mesh: the mesh the tasks are sharded over along "data", if any. With several
+      devices, each scans its own chunks (``jax.shard_map``) and the means are
+      all-reduced once, after the scan.
 
   The mean is over all T tasks in both cases; the chunked result differs from the
   unchunked one by float rounding alone.
@@ -102,7 +102,7 @@ def mean_value_and_grad(
     total, _ = jax.lax.scan(add_chunk, zeros, chunks)
     return jax.tree.map(lambda x: x / count, total)
 
-  if mesh is None:
+  if mesh is None or mesh.devices.size == 1:
     return local_chunks
 
   def per_device(params, tasks):
@@ -139,7 +139,20 @@ def configured(train_config, backend: str | None = None) -> int:
 
 
 def tasks_per_chunk(config, mesh: Mesh, backend: str | None = None) -> int:
-  """``configured`` tasks per chunk, checked against the meta-batch and the mesh."""
+  """``configured`` tasks per chunk, checked against the meta-batch and the mesh.
+
+  iMAML's ``lax.custom_root`` does not trace inside ``jax.shard_map``, so with
+  several devices its chunks are off by default and an explicit chunk size is a
+  ConfigError.
+  """
   chunk = configured(config.train, backend)
+  implicit = config.algorithm == "maml" and config.maml.meta_gradient == "implicit"
+  if implicit and mesh.devices.size > 1 and chunk:
+    if config.train.tasks_per_chunk is None:
+      return 0
+    raise ConfigError(
+      "iMAML (config.maml.meta_gradient=implicit) cannot take its meta-batch gradient in "
+      f"chunks on {mesh.devices.size} devices: set --config.train.tasks_per_chunk=0."
+    )
   check_tasks_per_chunk(chunk, config.train.meta_batch_size, mesh.devices.size)
   return chunk

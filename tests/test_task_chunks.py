@@ -450,6 +450,16 @@ def test_chunk_sizes_that_divide_are_accepted_and_none_means_the_backends_defaul
     task_chunks.tasks_per_chunk(config, fake_mesh(8))
 
 
+def test_imaml_chunks_are_off_by_default_and_an_error_when_set_on_several_devices():
+  config = tiny_config("imaml")
+  config.train.meta_batch_size = 16
+  assert task_chunks.tasks_per_chunk(config, fake_mesh(1), "cpu") == 1
+  assert task_chunks.tasks_per_chunk(config, fake_mesh(8), "cpu") == 0
+  config.train.tasks_per_chunk = 2
+  with pytest.raises(ConfigError, match=r"--config\.train\.tasks_per_chunk=0"):
+    task_chunks.tasks_per_chunk(config, fake_mesh(8))
+
+
 # ---------------------------------------------------------------------------
 # 5. Eight devices: one subprocess (see the module docstring).
 
