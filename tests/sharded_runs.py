@@ -84,13 +84,14 @@ def run(kind: str, workdir: str, data_dir: str, manual_dir: str) -> dict:
 
     return made
 
-  original = train.make_train_step, train.make_eval_step
-  train.make_train_step = recording("train", train.make_train_step)
+  # The train step is compiled before its first call (train.compile_train_step).
+  original = train.compile_train_step, train.make_eval_step
+  train.compile_train_step = recording("train", train.compile_train_step)
   train.make_eval_step = recording("eval", train.make_eval_step)
   try:
     train.train_and_evaluate(tiny_config(kind, data_dir, manual_dir), workdir)
   finally:
-    train.make_train_step, train.make_eval_step = original
+    train.compile_train_step, train.make_eval_step = original
   return seen
 
 

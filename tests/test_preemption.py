@@ -28,10 +28,10 @@ def test_sigterm_mid_run_saves_the_step_and_raises_preempted(tmp_path, monkeypat
   config.train.n_way, config.train.num_steps = 10, 20
   config.train.checkpoint_every = config.train.eval_every = config.train.log_every = 100
   monkeypatch.setattr(train, "load_dataset", lambda data: omniglot_small)
-  make = train.make_train_step
+  compile_step = train.compile_train_step
 
   def make_signalling(*args):
-    step = make(*args)
+    step = compile_step(*args)
 
     def signalling(state, batch):
       if int(state.step) == 2:  # Arrives while step 3 runs.
@@ -40,7 +40,7 @@ def test_sigterm_mid_run_saves_the_step_and_raises_preempted(tmp_path, monkeypat
 
     return signalling
 
-  monkeypatch.setattr(train, "make_train_step", make_signalling)
+  monkeypatch.setattr(train, "compile_train_step", make_signalling)
   with pytest.raises(Preempted, match="after step 3") as error:
     train.train_and_evaluate(config, str(tmp_path))
   assert error.value.step == 3
