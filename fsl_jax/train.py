@@ -185,14 +185,9 @@ def train(experiment: Experiment, lr_scale: float, sigterm: SigtermFlag) -> Trai
   start = int(jax.device_get(state.step))
   loop = TrainLoop(experiment, config.optim.learning_rate * lr_scale, sigterm, start)
   train_step = compile_train_step(experiment, tx, state, loop.meta_batch(start))
-  # XLA:CPU allocates a step's buffers when the step is dispatched, so a step queued
-  # behind a running one would hold a second copy of its scratch memory.
-  one_step_in_flight = jax.default_backend() == "cpu"
   batches = prefetch(loop.meta_batch, range(start, config.train.num_steps))
   try:
     for step, batch in zip(range(start + 1, config.train.num_steps + 1), batches, strict=True):
-      if one_step_in_flight:
-        jax.block_until_ready(state)
       state, metrics = train_step(state, batch)
       if loop.after_step(step, state, metrics):
         break
