@@ -189,8 +189,9 @@ def time_train_step(config: ml_collections.ConfigDict, repeats: int, profile_top
   """Compiles the config's train step ahead of time, then times one step at a time.
 
   As in training (train.py), the host allocator hands back what compilation freed
-  before the first step, and on CPU each step finishes before the next is
-  dispatched, so peak host memory is what a training run holds.
+  before the first step. Each step finishes before the next is dispatched, so
+  peak host memory holds one step's buffers (training dispatches ahead, and on
+  CPU a queued step's buffers are allocated at dispatch).
   """
   images = synthetic_images(config)
   sampler = EpisodeSampler(images, episode_shape(config), seed=0)
